@@ -1,0 +1,1 @@
+"""Compiled hot paths of ldpool: ELF table scans, symbol lookup, relocation."""
