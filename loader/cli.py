@@ -13,9 +13,19 @@ COMMANDS = {
     "run": ("loader.run", "run a program with its libraries mapped from the shared pool"),
     "broker": ("host_broker.service", "run the host broker that owns the library pool"),
     "pool": ("host_broker.report", "show what the pool holds and what it saves"),
-    "bench": ("benchmarks.suite", "run the benchmark suite against ld.so and KSM"),
-    "demo": ("loader.demo", "run a few real programs from the pool and compare with ld.so"),
+    "bench": ("ldpool_benchmarks.suite", "run the benchmark suite against ld.so and KSM"),
+    "demo": ("ldpool_benchmarks.demo", "run a few real programs from the pool and compare with ld.so"),
 }
+
+
+def _import(modname):
+    try:
+        return importlib.import_module(modname)
+    except ImportError:
+        # from a source checkout the benchmark package is plain `benchmarks`
+        if modname.startswith("ldpool_benchmarks."):
+            return importlib.import_module(modname.replace("ldpool_benchmarks.", "benchmarks.", 1))
+        raise
 
 
 def build_parser():
@@ -25,7 +35,7 @@ def build_parser():
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.set_defaults(_module=modname)
         try:
-            importlib.import_module(modname).add_arguments(p)
+            _import(modname).add_arguments(p)
         except ImportError:
             p.set_defaults(_missing=True)
     return parser
@@ -42,7 +52,7 @@ def main(argv=None):
         print(f"ldpool: '{args.command}' is not available in this build", file=sys.stderr)
         return 2
     try:
-        return importlib.import_module(args._module).run(args) or 0
+        return _import(args._module).run(args) or 0
     except LdpoolError as e:
         print(f"ldpool: {e}", file=sys.stderr)
         return e.exit_code

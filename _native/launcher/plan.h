@@ -21,8 +21,9 @@ struct ldp_plan_hdr {
     char magic[8];
     uint32_t version, hdr_size;
     uint32_t nobj, nseg, nfix, nimport;
-    uint32_t ninit, main_obj;     /* init order: ninit u32 object indices at off_init */
-    uint32_t nglibc, reserved;    /* glibc-family sonames to dlopen(RTLD_NOW|RTLD_GLOBAL) first: u32 string offsets at off_glibc */
+    uint32_t ninit, main_obj;     /* init order: ninit u32 global object indices at off_init */
+    uint32_t nglibc;              /* glibc-family sonames to dlopen(RTLD_NOW|RTLD_GLOBAL) first: u32 string offsets at off_glibc */
+    uint32_t first_index;         /* global index of objects[0]: 0 for a program, the lease's object count for a dlopen plan */
     uint64_t off_obj, off_seg, off_fix, off_import, off_init, off_glibc, off_str, str_size;
     uint64_t static_tls_size;     /* bytes of the launcher's static TLS reserve the plan uses */
     uint64_t static_tls_align;
