@@ -1,0 +1,76 @@
+"""Lookup scopes: which objects a symbol reference searches, in which order.
+
+`Scope(entries, global_count=None, local_scopes=None, main_is_exec=None)`
+    entries: list of `(elf: ElfFile, l_addr: int, is_glibc: bool)` in global
+    lookup order (main program first, then load order, breadth-first); an
+    object's index in the scope is its position in this list.
+    global_count: how many leading entries form the global scope (default:
+    all).  Entries past it are objects dlopen'ed RTLD_LOCAL.
+    local_scopes: {index: [indices]}: the object's own search list (itself,
+    then its dependency closure breadth-first); such an object searches the
+    global scope, then this list, as glibc's l_scope does.  Entries past
+    global_count without one search the global scope, then themselves.
+    main_is_exec: whether entries[0] is the program (glibc skips it for
+    COPY lookups); default: guessed from the ELF file (ET_EXEC, or PT_INTERP
+    with DF_1_PIE or without a soname).
+
+`Scope.lookup(name, version=None, requester_index=0)`
+    -> `(def_index, sym_index, runtime_value)` or None.  The slow-path
+    convenience (dlsym-like, tests); relocations use `_native.reloc.bind`.
+
+`Scope.from_resolution(resolution, l_addrs=None)` builds the scope of a
+`loader.resolve.Resolution` (objects in load order; l_addrs default 0).
+"""
+from loader.elf import DF_1_PIE, ET_EXEC
+from _native.symbols import SymScope
+
+
+def _looks_like_program(elf):
+    if elf.e_type == ET_EXEC:
+        return True
+    return elf.interp is not None and (bool(elf.flags_1 & DF_1_PIE) or elf.soname is None)
+
+
+class Scope:
+    def __init__(self, entries, global_count=None, local_scopes=None, main_is_exec=None):
+        self.entries = [(e, int(a), bool(g)) for e, a, g in entries]
+        n = len(self.entries)
+        self.global_count = n if global_count is None else global_count
+        self.local_scopes = dict(local_scopes or {})
+        glob = list(range(self.global_count))
+        scopes = []
+        for i in range(n):
+            local = self.local_scopes.get(i)
+            if local is None and i >= self.global_count:
+                local = [i]
+            scopes.append([glob] + ([list(local)] if local else []))
+        if main_is_exec is None:
+            main_is_exec = bool(n) and _looks_like_program(self.entries[0][0])
+        self.main_is_exec = main_is_exec
+        self.native = SymScope([(e, a) for e, a, _ in self.entries], scopes, main_is_exec)
+
+    @classmethod
+    def from_resolution(cls, resolution, l_addrs=None):
+        objs = resolution.objects
+        if l_addrs is None:
+            l_addrs = [0] * len(objs)
+        return cls([(o.elf, a, o.is_glibc) for o, a in zip(objs, l_addrs)])
+
+    def __len__(self):
+        return len(self.entries)
+
+    def elf(self, i):
+        return self.entries[i][0]
+
+    def l_addr(self, i):
+        return self.entries[i][1]
+
+    def is_glibc(self, i):
+        return self.entries[i][2]
+
+    def lookup(self, name, version=None, requester_index=0):
+        found = self.native.py_lookup(name, version, requester_index)
+        if found is None:
+            return None
+        d, s = found
+        return d, s, self.native.symbol_value(d, s)
