@@ -48,14 +48,14 @@ class Broker:
     def __init__(self, pool_size="1G", linger=600):
         self.dir = tempfile.mkdtemp(prefix="ldpool-bench-")
         self.socket = os.path.join(self.dir, "broker.sock")
-        self.pool = f"ldpool-bench-{os.getpid()}-{int(time.monotonic_ns() % 1e9)}"
+        self.pool = f"/ldpool-bench-{os.getpid()}-{int(time.monotonic_ns() % 1e9)}"
         self.pool_size, self.linger = pool_size, linger
         self.proc = None
         self.error = None
 
     @property
     def pool_paths(self):
-        return {"/dev/shm/" + self.pool}
+        return {"/dev/shm/" + self.pool.lstrip("/")}
 
     def env(self, base=None):
         env = dict(os.environ if base is None else base)
@@ -151,7 +151,7 @@ def placement_ranges(report):
             lo = next((num(o[k]) for k in ("map_start", "start", "address", "addr", "base") if k in o), None)
             hi = next((num(o[k]) for k in ("map_end", "end") if k in o), None)
             if hi is None and lo is not None:
-                size = next((num(o[k]) for k in ("size", "length", "map_size") if k in o), None)
+                size = next((num(o[k]) for k in ("va_size", "map_size", "size", "length") if k in o), None)
                 hi = lo + size if size else None
             name = next((o[k] for k in ("path", "soname", "name", "file") if isinstance(o.get(k), str)), None)
             if lo and hi and name:
