@@ -1,0 +1,196 @@
+"""The acquire path, behind two calls the service makes: `program(req)` and
+`library(lease, req)`. Each returns the plan (lease field still 0) and the
+image keys the lease will hold, one per pooled object in global index order.
+
+Plans are cached: a program started again with the same path, argv[0], cwd
+and LD_* environment gets the cached plan as long as every file it names is
+unchanged (stat) and every image is still in the pool, so the acquire of an
+already pooled program costs a few stat calls, not a resolution."""
+import collections
+import os
+import struct
+
+from loader.errors import BrokerError, ResolveError
+from loader.protocol import ProtocolError
+
+HDR = struct.Struct("<8sII IIII II II 8Q QQQQ")
+HDR_SIZE = HDR.size          # 144: struct ldp_plan_hdr
+LEASE_OFF = HDR_SIZE - 8
+FIRST_INDEX_OFF = 44
+CACHE_MAX = 512
+
+
+class Acquisition:
+    __slots__ = ("plan", "keys", "context", "files", "placed")
+
+    def __init__(self, plan, keys, context=None, files=(), placed=()):
+        self.plan, self.keys, self.context, self.files = plan, keys, context, files
+        self.placed = placed      # the PlacedImage objects the plan's addresses come from
+
+
+def set_lease(plan, lease):
+    if len(plan) < HDR_SIZE or plan[:8] != b"LDPPLAN1":
+        raise BrokerError("plan builder returned something that is not a plan")
+    b = bytearray(plan)
+    struct.pack_into("<Q", b, LEASE_OFF, lease)
+    return bytes(b)
+
+
+def _stat_id(path):
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Acquirer:
+    def __init__(self, store, log=print):
+        self.store, self.log = store, log
+        self.cache = collections.OrderedDict()
+        try:
+            from loader import plan, resolve   # noqa: F401  (the plan engineer's API)
+            self.mode = "plan"
+        except ImportError:
+            self.mode = "raw"
+            log("loader.plan is not available: serving raw (unrelocated) images and empty plans")
+            store.builder, store.deps_of = raw_build, lambda obj: []
+
+    # --- programs ---------------------------------------------------------
+    def cached_program(self, req):
+        """The cached acquisition for this request if still valid, else None
+        (cheap: runs on the event loop)."""
+        ck = self._cache_key(req)
+        hit = self.cache.get(ck[0])
+        if hit is not None and self._valid(hit):
+            return hit
+        return None
+
+    def program(self, req):
+        """Build (or reuse) the acquisition of a program (worker thread)."""
+        ck, path, argv0, cwd, env, preload = self._cache_key(req)
+        hit = self.cache.get(ck)
+        if hit is not None and self._valid(hit):
+            return hit
+        acq = self._build_program(path, argv0, cwd, env, preload)
+        acq.placed = [self.store.images[k].placed for k in acq.keys]
+        self.cache[ck] = acq
+        if len(self.cache) > CACHE_MAX:
+            self.cache.popitem(last=False)
+        return acq
+
+    def _cache_key(self, req):
+        path = req.text("path")
+        if not path or not path.startswith("/"):
+            raise ProtocolError("ACQUIRE_PROGRAM needs an absolute path=")
+        env = {}
+        for item in req.all("env"):
+            name, sep, value = os.fsdecode(item).partition("=")
+            if sep and name.startswith("LD_"):
+                env[name] = value
+        preload = [os.fsdecode(p) for p in req.all("preload")]
+        argv0 = req.text("argv0", path)
+        cwd = req.text("cwd", "/")
+        ck = (path, argv0, cwd, tuple(sorted(env.items())), tuple(preload))
+        return ck, path, argv0, cwd, env, preload
+
+    def _valid(self, acq):
+        images = self.store.images
+        for k, placed in zip(acq.keys, acq.placed):
+            rec = images.get(k)
+            if rec is None or rec.placed is not placed:
+                return False
+        try:
+            return all(_stat_id(p) == sid for p, sid in acq.files)
+        except OSError:
+            return False
+
+    def _build_program(self, path, argv0, cwd, env, preload):
+        if self.mode == "raw":
+            return self._raw_program(path)
+        from loader import plan, resolve
+        res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
+        if res.missing:
+            raise ResolveError(f"{path}: cannot find {', '.join(map(str, res.missing))}")
+        blob = plan.build_plan(res, self.store, argv0=argv0)
+        pooled = [o for o in res.objects if not o.is_glibc]
+        keys = [self.store.place(o).key for o in pooled]
+        # a changed ld.so.cache may resolve differently
+        files = [(p, _stat_id(p)) for p in [o.path for o in pooled] + ["/etc/ld.so.cache"]
+                 if os.path.exists(p)]
+        return Acquisition(blob, keys, res, files)
+
+    # --- dlopen -----------------------------------------------------------
+    def library(self, lease, req):
+        name = req.text("name")
+        if not name:
+            raise ProtocolError("ACQUIRE_LIBRARY needs name=")
+        requester = req.text("requester", "")
+        flags = req.int("flags", 0)
+        first = len(lease.keys)
+        if self.mode == "raw":
+            from host_broker.images import open_object
+            obj = open_object(name if "/" in name else _raw_find(name))
+            placed = self.store.place(obj)
+            if placed.key in lease.keys:
+                return Acquisition(empty_plan(self.store.pool_size, first), [])
+            return Acquisition(empty_plan(self.store.pool_size, first, [placed]), [placed.key])
+        from loader import plan, resolve
+        if lease.context is None:
+            raise BrokerError("this lease was reclaimed after a broker restart; "
+                              "dlopen through it is not supported")
+        new = resolve.resolve_dlopen(lease.context, name, requester)
+        blob = plan.build_plan(new, self.store, first_index=first)
+        added = [o for o in getattr(new, "added", new.objects) if not o.is_glibc]
+        keys = [self.store.place(o).key for o in added]
+        return Acquisition(blob, keys, new)
+
+
+# --- until loader.plan exists: raw images, empty plans -------------------------
+GLIBC = ("libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so", "libresolv.so",
+         "libmvec.so", "libutil.so", "libanl.so", "libnss_", "ld-linux")
+DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib", "/usr/lib")
+
+
+def empty_plan(pool_size, first_index=0, placed=()):
+    """A plan with only object ranges (no segments): enough for the broker's
+    own tests, not for a launcher."""
+    objs = b"".join(struct.pack("<QQQ", p.base, p.map_start, p.map_end) + bytes(216 - 24)
+                    for p in placed)
+    end = HDR_SIZE + len(objs)
+    return HDR.pack(b"LDPPLAN1", 1, HDR_SIZE, len(placed), 0, 0, 0, 0, 0xFFFFFFFF, 0, first_index,
+                    HDR_SIZE, *([end] * 6), 0, 0, 0, pool_size, 0) + objs
+
+
+def _raw_find(name):
+    for d in DIRS:
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            return p
+    raise ResolveError(f"cannot find {name}")
+
+
+def raw_build(elf, base, scope, out, key=None):
+    from loader import image as limage
+    lay = limage.layout(elf)
+    limage.write_memory_image(elf, lay, out)
+    return limage.ImageInfo(key or limage.image_key(elf), elf.path, base, lay)
+
+
+def _raw_program(self, path):
+    from host_broker.images import open_object
+    objs, seen, queue = [], set(), [path]
+    while queue:
+        p = queue.pop(0)
+        obj = open_object(p)
+        if obj.path in seen:
+            continue
+        seen.add(obj.path)
+        objs.append(obj)
+        for n in obj.elf.needed:
+            if not n.startswith(GLIBC):
+                queue.append(n if "/" in n else _raw_find(n))
+    placed = [self.store.place(o) for o in objs]
+    files = [(o.path, _stat_id(o.path)) for o in objs]
+    return Acquisition(empty_plan(self.store.pool_size, 0, placed), [p.key for p in placed],
+                       None, files)
+
+
+Acquirer._raw_program = _raw_program

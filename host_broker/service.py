@@ -1,0 +1,429 @@
+"""`ldpool broker`: the asyncio Unix-socket service that owns the pool.
+
+One task per connection reassembles frames from the byte stream
+(loader.protocol.FrameDecoder) and answers them in order. A connection is a
+client; its leases die with it, however it ends. Cache hits are answered on
+the event loop; building images and plans runs in a worker thread under one
+lock, so slow builds do not stall pings, releases and cached acquires."""
+import array
+import asyncio
+import fcntl
+import grp
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+from host_broker.acquire import Acquirer, set_lease
+from host_broker.pool import DEFAULT_SIZE, parse_size
+from host_broker.state import BrokerState
+from host_broker.stats import stats_for
+from loader import protocol as P
+from loader.errors import BrokerError, LdpoolError
+
+DEFAULT_LINGER = 120.0
+
+
+def add_arguments(p):
+    p.add_argument("--socket", help="Unix socket path (default: $LDPOOL_SOCKET, else "
+                   "$XDG_RUNTIME_DIR/ldpool/broker.sock, else /tmp/ldpool-$UID/broker.sock)")
+    p.add_argument("--pool", help="POSIX shm name of the pool (default derived from the socket)")
+    p.add_argument("--pool-size", default=str(DEFAULT_SIZE),
+                   help="pool size, a power of two (default 1G)")
+    p.add_argument("--linger", type=float, default=DEFAULT_LINGER,
+                   help="seconds an unused image stays in the pool (default 120)")
+    p.add_argument("--group", help="open the socket to this group (mode 0660)")
+    p.add_argument("--idle-exit", type=float, default=0,
+                   help="exit after this many seconds without clients (0: never)")
+    p.add_argument("--detach", action="store_true",
+                   help="start in the background; return once the socket accepts connections")
+
+
+class Client:
+    __slots__ = ("id", "pid", "uid", "gid", "kind", "name", "hello", "since")
+
+    def __init__(self, cid, pid, uid, gid):
+        self.id, self.pid, self.uid, self.gid = cid, pid, uid, gid
+        self.kind, self.name, self.hello, self.since = "?", "", False, time.time()
+
+
+class Broker:
+    def __init__(self, socket_path, pool_name, pool_size, linger, group=None, idle_exit=0,
+                 log=None):
+        self.socket_path, self.linger, self.group, self.idle_exit = socket_path, linger, group, idle_exit
+        self.log = log or _stderr_log
+        self.pool_name = pool_name or P.default_pool_name(socket_path)
+        journal = os.path.join(os.path.dirname(socket_path), self.pool_name.strip("/") + ".journal")
+        self.state = BrokerState(self.pool_name, pool_size, journal, linger, log=self.log)
+        self.acquirer = Acquirer(self.state.store, log=self.log)
+        self.clients = {}
+        self._next_client = 1
+        self._build_lock = None
+        self._stop = None
+        self._last_active = time.monotonic()
+
+    # --- socket ---------------------------------------------------------------
+    def bind(self):
+        """Create the socket (0600, or 0660 for --group). Call after lock()."""
+        path = self.socket_path
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177 if not self.group else 0o117)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        if self.group:
+            os.chown(path, -1, _gid(self.group))
+            os.chmod(path, 0o660)
+        sock.listen(256)
+        sock.setblocking(False)
+        self.sock = sock
+
+    # --- serving ----------------------------------------------------------------
+    async def serve(self, ready=None):
+        loop = asyncio.get_running_loop()
+        self._build_lock = asyncio.Lock()
+        self._stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: self._stop.done() or self._stop.set_result(0))
+        self.log(f"serving {self.socket_path} (pid {os.getpid()}, linger {self.linger:g}s"
+                 f"{f', idle exit {self.idle_exit:g}s' if self.idle_exit else ''})")
+        if ready:
+            ready()
+        tasks = {asyncio.ensure_future(self._accept_loop()), asyncio.ensure_future(self._tick())}
+        try:
+            await self._stop
+        finally:
+            for t in tasks:
+                t.cancel()
+            self.sock.close()
+            try:
+                if os.stat(self.socket_path).st_ino == self._sock_ino:
+                    os.unlink(self.socket_path)
+            except OSError:
+                pass
+            self.state.save()
+            self.log("stopped")
+
+    async def _accept_loop(self):
+        loop = asyncio.get_running_loop()
+        self._sock_ino = os.stat(self.socket_path).st_ino
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            conn.setblocking(False)
+            asyncio.ensure_future(self._connection(conn))
+
+    async def _tick(self):
+        while True:
+            await asyncio.sleep(min(1.0, max(0.05, self.linger / 4)))
+            if not self._build_lock.locked():
+                for rec in self.state.sweep():
+                    self.log(f"evicted {rec.path} ({rec.placed.size >> 10} KiB at {rec.map_start:#x})")
+            if self.clients:
+                self._last_active = time.monotonic()
+            elif self.idle_exit and time.monotonic() - self._last_active >= self.idle_exit:
+                self.log(f"idle for {self.idle_exit:g}s: exiting")
+                self._stop.done() or self._stop.set_result(0)
+
+    async def _connection(self, conn):
+        loop = asyncio.get_running_loop()
+        pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        client = Client(self._next_client, pid, uid, gid)
+        self._next_client += 1
+        self.clients[client.id] = client
+        self._last_active = time.monotonic()
+        decoder = P.FrameDecoder()
+        try:
+            while True:
+                data = await loop.sock_recv(conn, 1 << 16)
+                if not data:
+                    break
+                try:
+                    frames = decoder.feed(data)
+                except P.ProtocolError as e:
+                    await loop.sock_sendall(conn, P.frame(P.ERROR, str(e).encode()))
+                    break
+                for op, payload in frames:
+                    reply, fd = await self._dispatch(client, op, payload)
+                    if fd is None:
+                        await loop.sock_sendall(conn, reply)
+                    else:
+                        await _send_with_fd(loop, conn, reply, fd)
+                    if reply[4:8] == struct.pack("<I", P.ERROR) and op not in P.REQUEST_OPS:
+                        raise ConnectionResetError
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            n = self.state.refs.drop_client(client.id)
+            del self.clients[client.id]
+            conn.close()
+            if n or client.hello:
+                self.log(f"client {client.id} ({client.kind} pid {client.pid} uid {client.uid}) "
+                         f"gone, {n} leases released")
+
+    async def _dispatch(self, client, op, payload):
+        try:
+            if op not in P.REQUEST_OPS:
+                raise P.ProtocolError(f"unknown op {op:#x}")
+            req = P.Request.decode(payload)
+            if op != P.HELLO and not client.hello:
+                raise P.ProtocolError("the first request must be HELLO")
+            handler = self._handlers[op]
+            out = handler(self, client, req)
+            if asyncio.iscoroutine(out):
+                out = await out
+            body, fd = out if isinstance(out, tuple) else (out, None)
+            return P.frame(op | P.REPLY, body), fd
+        except LdpoolError as e:
+            msg = str(e)
+        except KeyError as e:
+            msg = f"unknown {e.args[0]}"
+        except OSError as e:
+            msg = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        except Exception as e:      # a bug must not take the broker down
+            self.log(f"internal error on {P.OP_NAMES.get(op, op)}: {type(e).__name__}: {e}")
+            msg = f"internal broker error: {type(e).__name__}: {e}"
+        return P.frame(P.ERROR, msg.replace("\n", " ").encode()[:4000]), None
+
+    # --- operations ---------------------------------------------------------------
+    def _hello(self, client, req):
+        if req.int("proto", 0) != P.PROTO_VERSION:
+            raise BrokerError(f"protocol version {req.text('proto')} not supported (broker speaks 1)")
+        kind = req.text("kind", "process")
+        if kind not in ("process", "guest"):
+            raise P.ProtocolError(f"unknown client kind '{kind}'")
+        client.kind, client.name, client.hello = kind, req.text("name", "")[:64], True
+        self.log(f"client {client.id}: {kind} pid {client.pid} uid {client.uid} gid {client.gid}"
+                 f"{' ' + client.name if client.name else ''}")
+        st = self.state
+        body = P.encode_kv([("proto", 1), ("epoch", st.epoch), ("pool", st.pool_name),
+                            ("pool_size", st.pool.size), ("window", hex(st.pool.window)),
+                            ("window_size", hex(st.pool.window_size)), ("broker_pid", os.getpid())])
+        return body, (st.pool.readonly_fd() if kind == "process" else None)
+
+    async def _acquire_program(self, client, req):
+        acq = self._cached(req)
+        if acq is None:
+            async with self._build_lock:
+                acq = await asyncio.to_thread(self.acquirer.program, req)
+                return self._grant(client, acq)
+        return self._grant(client, acq)
+
+    def _cached(self, req):
+        try:
+            return self.acquirer.cached_program(req)
+        except LdpoolError:
+            return None
+
+    def _grant(self, client, acq):
+        lease = self.state.refs.new_lease(client.id, acq.keys, acq.context)
+        self._note_uid(client, acq.keys)
+        return set_lease(acq.plan, lease.id)
+
+    def _note_uid(self, client, keys):
+        images = self.state.store.images
+        for k in keys:
+            images[k].uids.add(client.uid)
+
+    def _lease(self, client, req):
+        lid = req.int("lease")
+        lease = self.state.refs.leases.get(lid)
+        if lease is None or lease.client != client.id:
+            raise BrokerError(f"lease {lid} is not held by this connection")
+        return lease
+
+    async def _acquire_library(self, client, req):
+        lease = self._lease(client, req)
+        async with self._build_lock:
+            acq = await asyncio.to_thread(self.acquirer.library, lease, req)
+            if lease.id not in self.state.refs.leases:
+                raise BrokerError(f"lease {lease.id} was released meanwhile")
+            self.state.refs.extend(lease, acq.keys)
+            if acq.context is not None:
+                lease.context = acq.context
+            self._note_uid(client, acq.keys)
+            return set_lease(acq.plan, lease.id)
+
+    def _release(self, client, req):
+        lease = self._lease(client, req)
+        objs = req.all("object")
+        if objs:
+            self.state.refs.drop_objects(lease, [int(o) for o in objs])
+        else:
+            self.state.refs.release(lease.id)
+        return b""
+
+    def _stats(self, client, req):
+        return json.dumps(stats_for(self, client.uid)).encode()
+
+    def _ping(self, client, req):
+        return b""
+
+    def _reclaim(self, client, req):
+        st = self.state
+        if req.int("epoch") != st.epoch:
+            raise BrokerError("epoch changed: the pool was rebuilt; keep running without references")
+        lid = req.int("lease")
+        keys = []
+        for a in req.all("addr"):
+            rec = st.store.lookup_addr(int(a, 16))
+            if rec is None or rec.state != "live":
+                raise BrokerError(f"address {os.fsdecode(a)} is in no image of this epoch")
+            keys.append(rec.key)
+        if lid in st.refs.leases:
+            raise BrokerError(f"lease {lid} is already held")
+        st.refs.new_lease(client.id, keys, None, lease_id=lid)
+        self._note_uid(client, keys)
+        self.log(f"client {client.id} reclaimed lease {lid} ({len(keys)} objects)")
+        return P.encode_kv([("lease", lid), ("objects", len(keys))])
+
+    _handlers = {P.HELLO: _hello, P.ACQUIRE_PROGRAM: _acquire_program,
+                 P.ACQUIRE_LIBRARY: _acquire_library, P.RELEASE: _release, P.STATS: _stats,
+                 P.PING: _ping, P.RECLAIM: _reclaim}
+
+
+async def _send_with_fd(loop, conn, data, fd):
+    fds = array.array("i", [fd])
+    while True:
+        try:
+            n = conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            break
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    if n < len(data):
+        await loop.sock_sendall(conn, data[n:])
+
+
+def _gid(group):
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise BrokerError(f"unknown group '{group}'") from None
+
+
+def _stderr_log(msg):
+    print(time.strftime("%H:%M:%S ") + f"ldpool broker[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+# --- starting -------------------------------------------------------------------
+def prepare_dir(socket_path, group=None):
+    d = os.path.dirname(os.path.abspath(socket_path))
+    if not os.path.isdir(d):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        if group:
+            os.chown(d, -1, _gid(group))
+            os.chmod(d, 0o710)
+
+
+def lock(socket_path):
+    """Hold <socket>.lock for the broker's life: one broker per socket."""
+    fd = os.open(socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def answering(socket_path, timeout=1.0):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(socket_path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def run(args):
+    socket_path = os.path.abspath(args.socket or P.default_socket_path())
+    pool_size = parse_size(args.pool_size)
+    if args.linger < 0:
+        raise BrokerError("--linger must be >= 0")
+    prepare_dir(socket_path, args.group)
+    if args.detach:
+        return _detach(args, socket_path, pool_size)
+    lockfd = lock(socket_path)
+    if lockfd is None:
+        raise BrokerError(f"another broker is already serving {socket_path}")
+    broker = Broker(socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit)
+    broker.bind()
+    asyncio.run(broker.serve())
+    return 0
+
+
+def _detach(args, socket_path, pool_size):
+    """Fork the broker into its own session; the foreground process returns
+    when the socket accepts connections (or reports why it could not)."""
+    if answering(socket_path):
+        return 0
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 1
+        try:
+            os.setsid()
+            logfd = os.open(os.path.join(os.path.dirname(socket_path), "broker.log"),
+                            os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            os.close(null)
+            os.close(logfd)
+            lockfd = lock(socket_path)
+            if lockfd is None:
+                os.write(w, b"busy\n")
+                os._exit(0)
+            broker = Broker(socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit)
+            broker.bind()
+
+            def ready():
+                os.write(w, b"ok\n")
+                os.close(w)
+            asyncio.run(broker.serve(ready))
+            code = 0
+        except LdpoolError as e:
+            _stderr_log(str(e))
+            try:
+                os.write(w, str(e).encode() + b"\n")
+            except OSError:
+                pass
+        except BaseException as e:
+            _stderr_log(f"fatal: {type(e).__name__}: {e}")
+            try:
+                os.write(w, f"broker failed: {e}\n".encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        msg += chunk
+    os.close(r)
+    if msg.startswith(b"ok"):
+        return 0
+    if msg.startswith(b"busy"):
+        # another broker is starting: wait for it to answer
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if answering(socket_path):
+                return 0
+            time.sleep(0.05)
+        raise BrokerError(f"another broker holds {socket_path}.lock but does not answer")
+    raise BrokerError(msg.decode(errors="replace").strip() or "the broker exited during start-up")

@@ -1,0 +1,104 @@
+"""The broker's durable state across restarts: pool + placements + images +
+journal. A new broker first tries to re-attach to what the previous one left
+(same epoch, so running programs' mappings stay meaningful); anything that
+does not check out (journal corrupted, pool missing, of another size or
+instance) is reported in one line and replaced by a fresh epoch."""
+import secrets
+import time
+
+from host_broker import journal
+from host_broker.images import ImageStore
+from host_broker.journal import JournalError
+from host_broker.placement import WINDOW, WINDOW_SIZE, Placements
+from host_broker.pool import Pool, PoolError
+from host_broker.refcount import RefCounts
+
+
+class BrokerState:
+    def __init__(self, pool_name, pool_size, journal_path, linger, log=print, **store_kw):
+        self.pool_name, self.pool_size, self.journal_path = pool_name, pool_size, journal_path
+        self.linger, self.log, self._store_kw = linger, log, store_kw
+        self.recovered = False
+        self.quarantined = 0
+        st = self._load()
+        if st is None:
+            self._fresh()
+
+    def _load(self):
+        try:
+            st = journal.load(self.journal_path)
+        except JournalError as e:
+            self.log(f"{e}; starting a fresh pool")
+            return None
+        if st is None:
+            return None
+        try:
+            pool = Pool.attach(self.pool_name)
+        except PoolError as e:
+            self.log(f"{e}; starting a fresh pool")
+            return None
+        problem = None
+        if pool.instance.hex() != st.get("instance") or pool.epoch != st.get("epoch"):
+            problem = "does not match the journal (another instance)"
+        elif pool.size != self.pool_size:
+            problem = f"has {pool.size} bytes, {self.pool_size} requested"
+        if problem:
+            self.log(f"pool {self.pool_name} {problem}; starting a fresh pool")
+            pool.close()
+            return None
+        try:
+            self._setup(pool, st["slide"], st["boot"] + 1)
+            self.quarantined = self.store.restore(st["images"], self.log)
+        except (KeyError, TypeError, ValueError) as e:
+            self.log(f"journal {self.journal_path}: inconsistent ({e}); starting a fresh pool")
+            self.store = None
+            pool.close()
+            return None
+        self.recovered = True
+        self.log(f"re-attached to pool {self.pool_name}, epoch {pool.epoch}: "
+                 f"{len(self.store.images)} images, {self.quarantined} quarantined")
+        self.save()
+        return st
+
+    def _fresh(self):
+        epoch = secrets.randbits(62) + 1
+        placements = Placements(WINDOW, WINDOW_SIZE)
+        pool = Pool.create(self.pool_name, self.pool_size, epoch, WINDOW, WINDOW_SIZE)
+        self._setup(pool, placements.slide, 1, placements)
+        self.log(f"new pool {self.pool_name} ({self.pool_size >> 20} MiB), epoch {epoch}, "
+                 f"slide {placements.slide:#x}")
+        self.save()
+
+    def _setup(self, pool, slide, boot, placements=None):
+        self.pool, self.boot = pool, boot
+        self.placements = placements or Placements(pool.window, pool.window_size, slide)
+        self.refs = RefCounts(lease_prefix=boot)
+        self.store = ImageStore(pool, self.placements, self.refs, on_change=self.save, **self._store_kw)
+
+    @property
+    def epoch(self):
+        return self.pool.epoch
+
+    def save(self):
+        journal.save(self.journal_path, {
+            "version": 1, "pool": self.pool_name, "pool_size": self.pool.size,
+            "instance": self.pool.instance.hex(), "epoch": self.pool.epoch,
+            "slide": self.placements.slide, "boot": self.boot, "saved": time.time(),
+            "images": self.store.to_journal()})
+
+    def sweep(self):
+        """Evict images unused for the linger delay; their space is reused."""
+        gone = []
+        while True:
+            keys = [k for k in self.refs.evictable(self.linger)
+                    if self.store.images[k].state == "live"]
+            if not keys:
+                break
+            for k in keys:
+                gone.append(self.store.evict(k))
+        if gone:
+            self.save()
+        return gone
+
+    def close(self):
+        self.pool.close()
