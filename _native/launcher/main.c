@@ -1,3 +1,131 @@
-/* placeholder: replaced by the launcher issue */
+/* ldpool-exec [--socket PATH] [--no-fallback] [--plan FILE --pool FILE] [--] PROG ARGS...
+ *
+ * Started by the system ld.so with only glibc's family loaded (hosted
+ * mode), it gets a plan and the pool (from the broker, or from files in
+ * the --plan debug mode), maps the program and its libraries from the pool,
+ * applies the per-process fixups, runs the libraries' initialisers and
+ * jumps to the program's entry point.  No Python runs in this process. */
+#include "ldp.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
-int main(int argc, char **argv) { fprintf(stderr, "ldpool-exec: not implemented yet\n"); return 127; }
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(void)
+{
+    ldp_die(2, "usage: ldpool-exec [--socket PATH] [--no-fallback] [--plan FILE --pool FILE] [--] PROG ARGS...");
+}
+
+static void *read_file(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) ldp_die(127, "%s: %s", path, strerror(errno));
+    char *b = malloc(st.st_size + 1);
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, b + got, st.st_size - got);
+        if (r <= 0) ldp_die(127, "%s: read error", path);
+        got += r;
+    }
+    close(fd);
+    *len = got;
+    return b;
+}
+
+/* execvp's search, without its shell fallback */
+static const char *find_program(const char *prog, char *buf, size_t n)
+{
+    if (strchr(prog, '/')) return prog;
+    const char *path = getenv("PATH");
+    if (!path) path = "/usr/local/bin:/usr/bin:/bin";
+    for (const char *p = path;; ) {
+        const char *c = strchrnul(p, ':');
+        snprintf(buf, n, "%.*s%s%s", (int)(c - p), p, c == p ? "" : "/", prog);
+        if (access(buf, X_OK) == 0) return buf;
+        if (!*c) break;
+        p = c + 1;
+    }
+    return NULL;
+}
+
+/* Plain ld.so for what cannot be pooled, with a one-line notice. */
+static void fallback(const char *path, char **argv, const char *why)
+{
+    ldp_note("note: running %s under ld.so: %s", path, why);
+    execv("/lib64/ld-linux-x86-64.so.2",
+          (char *[]){"/lib64/ld-linux-x86-64.so.2", "--argv0", argv[0], (char *)path, NULL});
+    ldp_die(127, "cannot run ld.so: %s", strerror(errno));
+}
+
+int main(int argc, char **argv, char **envp)
+{
+    const char *planfile = NULL, *poolfile = NULL;
+    int nofallback = 0, i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "--")) { i++; break; }
+        if (!strcmp(argv[i], "--plan") && i + 1 < argc) planfile = argv[++i];
+        else if (!strcmp(argv[i], "--pool") && i + 1 < argc) poolfile = argv[++i];
+        else if (!strcmp(argv[i], "--socket") && i + 1 < argc) ldp_socket_opt = argv[++i];
+        else if (!strcmp(argv[i], "--no-fallback")) nofallback = 1;
+        else usage();
+    }
+    if (i >= argc || (!planfile != !poolfile)) usage();
+    ldp_debug = getenv("LDPOOL_DEBUG") != NULL;
+    ldp_tls_setup();
+    char pbuf[PATH_MAX], abuf[PATH_MAX];
+    const char *prog = argv[i];
+    const char *path = find_program(prog, pbuf, sizeof pbuf);
+    ldp_progname = prog;
+    if (!path) ldp_die(127, "%s: command not found", prog);
+    struct stat st;
+    if (stat(path, &st) < 0) ldp_die(127, "%s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) ldp_die(126, "%s: not a regular file", path);
+    ldp_argc = argc - i;
+    ldp_argv = argv + i;
+
+    char err[1024];
+    size_t len;
+    void *buf;
+    uint64_t pool_size = 0;
+    if (planfile) {
+        ldp_debug_mode = 1;
+        buf = read_file(planfile, &len);
+        ldp_pool_fd = open(poolfile, O_RDONLY | O_CLOEXEC);
+        if (ldp_pool_fd < 0 || fstat(ldp_pool_fd, &st) < 0) ldp_die(127, "%s: %s", poolfile, strerror(errno));
+        pool_size = st.st_size;
+    } else {
+        if (path[0] != '/') {
+            if (!getcwd(abuf, sizeof abuf) || strlen(abuf) + strlen(path) + 2 > sizeof abuf)
+                ldp_die(127, "%s: path too long", path);
+            strcat(strcat(abuf, "/"), path);
+            path = abuf;
+        }
+        if (ldp_broker_connect(err, sizeof err) < 0) {
+            if (nofallback) ldp_die(127, "%s", err);
+            fallback(path, argv + i, err);
+        }
+        buf = ldp_broker_acquire_program(path, prog, &len, err, sizeof err);
+        if (!buf) ldp_die(127, "%s", err);
+        pool_size = ldp_broker_pool_size();
+    }
+    struct ldp_plan *p = malloc(sizeof *p);
+    if (ldp_plan_check(p, buf, len, pool_size, err, sizeof err) < 0) ldp_die(127, "bad plan: %s", err);
+    if (p->h->first_index != 0) ldp_die(127, "bad plan: not a program plan");
+    for (uint32_t k = 0; k < p->h->nglibc; k++)
+        if (!dlopen(ldp_str(p, p->glibc[k]), RTLD_NOW | RTLD_GLOBAL)) ldp_die(127, "%s", dlerror());
+    ldp_objects_add(p);
+    if (ldp_map_plan(p, ldp_pool_fd, err, sizeof err) < 0) ldp_die(127, "%s", err);
+    ldp_set_identity(path);
+    if (ldp_resolve_imports(p, 0, err, sizeof err) < 0 || ldp_apply_fixups(p, err, sizeof err) < 0)
+        ldp_die(127, "%s", err);
+    ldp_protect_plan(p);
+    if (ldp_tls_install(p, err, sizeof err) < 0) ldp_die(127, "%s", err);
+    for (uint32_t k = 0; k < p->h->nobj; k++) ldp_objs[k]->refcount = 1;
+    ldp_run_inits(p, ldp_argc, ldp_argv, environ);
+    ldp_start(ldp_argc, ldp_argv, envp, path);
+}

@@ -1,0 +1,272 @@
+/* Broker client (docs/protocol.md): frames of u32 length, u32 op, payload;
+ * requests are NUL-terminated key=value strings.  HELLO brings the pool
+ * descriptor (SCM_RIGHTS); the connection stays open, close-on-exec, for
+ * the life of the process, since its closing releases our leases.  When
+ * nobody answers, the embedded broker is started and asked again. */
+#include "ldp.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int ldp_broker_fd = -1, ldp_pool_fd = -1;
+int ldp_debug_mode;
+const char *ldp_socket_opt;
+static uint64_t pool_size_from_hello;
+
+#define OP_HELLO 1
+#define OP_ACQ_PROGRAM 2
+#define OP_ACQ_LIBRARY 3
+#define OP_RELEASE 4
+#define OP_ERROR 0x1FF
+#define MAX_FRAME (64u << 20)
+
+struct buf { char *p; size_t n, cap; };
+
+static void put(struct buf *b, const char *key, const char *val)
+{
+    size_t k = strlen(key), v = strlen(val);
+    if (b->n + k + v + 2 > b->cap) b->p = realloc(b->p, b->cap = (b->n + k + v + 2) * 2 + 256);
+    memcpy(b->p + b->n, key, k);
+    b->p[b->n + k] = '=';
+    memcpy(b->p + b->n + k + 1, val, v + 1);
+    b->n += k + v + 2;
+}
+
+/* Keep our descriptors out of the way of programs that expect the lowest
+ * free numbers (open() returning 3...). */
+static int move_high(int fd)
+{
+    struct rlimit rl;
+    int lo = 1000;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1100) lo = rl.rlim_cur > 64 ? rl.rlim_cur - 40 : 3;
+    int nfd = fcntl(fd, F_DUPFD_CLOEXEC, lo);
+    if (nfd < 0) return fd;
+    close(fd);
+    return nfd;
+}
+
+static int socket_path(char *out, size_t n)
+{
+    const char *s = ldp_socket_opt ? ldp_socket_opt : getenv("LDPOOL_SOCKET");
+    const char *x = getenv("XDG_RUNTIME_DIR");
+    if (s && *s) return snprintf(out, n, "%s", s) >= (int)n ? -1 : 0;
+    if (x && *x) return snprintf(out, n, "%s/ldpool/broker.sock", x) >= (int)n ? -1 : 0;
+    return snprintf(out, n, "/tmp/ldpool-%u/broker.sock", (unsigned)getuid()) >= (int)n ? -1 : 0;
+}
+
+static int try_connect(const char *path)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof a.sun_path) { errno = ENAMETOOLONG; return -1; }
+    strcpy(a.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+/* ldpool next to ldpool-exec, else on PATH */
+static int start_broker(const char *sock, char *err, size_t errlen)
+{
+    char self[PATH_MAX], ldpool[PATH_MAX + 8];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    const char *prog = "ldpool";
+    if (n > 0) {
+        self[n] = 0;
+        char *s = strrchr(self, '/');
+        if (s) {
+            *s = 0;
+            snprintf(ldpool, sizeof ldpool, "%s/ldpool", self);
+            if (access(ldpool, X_OK) == 0) prog = ldpool;
+        }
+    }
+    pid_t pid = fork();
+    if (pid < 0) { snprintf(err, errlen, "cannot start the broker: %s", strerror(errno)); return -1; }
+    if (pid == 0) {
+        int nul = open("/dev/null", O_RDWR);
+        if (nul >= 0) { dup2(nul, 0); dup2(nul, 1); }
+        execlp(prog, prog, "broker", "--detach", "--idle-exit", "30", "--socket", sock, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        snprintf(err, errlen, "cannot start the broker (%s broker --detach) for %s", prog, sock);
+        return -1;
+    }
+    return 0;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p = (const char *)p + w, n -= w;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *p, size_t n)
+{
+    while (n) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p = (char *)p + r, n -= r;
+    }
+    return 0;
+}
+
+/* One request, one reply; the reply payload is malloc'd (NUL-terminated
+ * beyond its length).  With want_fd, the descriptor of the reply's first
+ * byte is returned in *fdp. */
+static char *call(uint32_t op, struct buf *req, uint32_t *rop, size_t *rlen, int *fdp, char *err, size_t errlen)
+{
+    uint32_t hdr[2] = {(uint32_t)req->n, op};
+    if (write_all(ldp_broker_fd, hdr, 8) < 0 || write_all(ldp_broker_fd, req->p, req->n) < 0) {
+        snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
+        return NULL;
+    }
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {hdr, 8};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+    size_t got = 0;
+    while (got < 8) {
+        iov.iov_base = (char *)hdr + got, iov.iov_len = 8 - got;
+        ssize_t r = recvmsg(ldp_broker_fd, &m, MSG_CMSG_CLOEXEC);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) { snprintf(err, errlen, "the broker closed the connection"); return NULL; }
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && fdp) memcpy(fdp, CMSG_DATA(c), sizeof(int));
+        m.msg_control = NULL, m.msg_controllen = 0;
+        got += r;
+    }
+    if (hdr[0] > MAX_FRAME) { snprintf(err, errlen, "the broker sent a %u-byte frame", hdr[0]); return NULL; }
+    char *p = malloc(hdr[0] + 1);
+    if (read_all(ldp_broker_fd, p, hdr[0]) < 0) {
+        free(p);
+        snprintf(err, errlen, "the broker closed the connection mid-reply");
+        return NULL;
+    }
+    p[hdr[0]] = 0;
+    *rop = hdr[1], *rlen = hdr[0];
+    if (hdr[1] == OP_ERROR) {
+        snprintf(err, errlen, "%s", p);
+        free(p);
+        return NULL;
+    }
+    if (hdr[1] != (op | 0x100)) {
+        snprintf(err, errlen, "the broker answered op %#x to op %#x", hdr[1], op);
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static const char *kv(const char *p, size_t n, const char *key)
+{
+    size_t k = strlen(key);
+    for (const char *s = p; s < p + n; s += strlen(s) + 1)
+        if (strncmp(s, key, k) == 0 && s[k] == '=') return s + k + 1;
+    return NULL;
+}
+
+int ldp_broker_connect(char *err, size_t errlen)
+{
+    char sock[PATH_MAX];
+    if (socket_path(sock, sizeof sock) < 0) { snprintf(err, errlen, "socket path too long"); return -1; }
+    int fd = try_connect(sock);
+    if (fd < 0 && (errno == ENOENT || errno == ECONNREFUSED)) {
+        if (start_broker(sock, err, errlen) < 0) return -1;
+        fd = try_connect(sock);
+    }
+    if (fd < 0) { snprintf(err, errlen, "cannot connect to the broker at %s: %s", sock, strerror(errno)); return -1; }
+    ldp_broker_fd = move_high(fd);
+    struct buf b = {0};
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    put(&b, "proto", "1");
+    put(&b, "kind", "process");
+    put(&b, "pid", pid);
+    put(&b, "name", ldp_progname);
+    uint32_t op;
+    size_t len;
+    int pfd = -1;
+    char *r = call(OP_HELLO, &b, &op, &len, &pfd, err, errlen);
+    free(b.p);
+    if (!r) return -1;
+    const char *ps = kv(r, len, "pool_size");
+    pool_size_from_hello = ps ? strtoull(ps, NULL, 10) : 0;
+    free(r);
+    if (pfd < 0) { snprintf(err, errlen, "the broker sent no pool descriptor"); return -1; }
+    ldp_pool_fd = move_high(pfd);
+    return 0;
+}
+
+uint64_t ldp_broker_pool_size(void) { return pool_size_from_hello; }
+
+void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, char *err, size_t errlen)
+{
+    struct buf b = {0};
+    char cwd[PATH_MAX];
+    put(&b, "path", path);
+    put(&b, "argv0", argv0);
+    put(&b, "cwd", getcwd(cwd, sizeof cwd) ? cwd : "/");
+    for (char **e = environ; *e; e++)
+        if (strncmp(*e, "LD_", 3) == 0) put(&b, "env", *e);
+    uint32_t op;
+    char *r = call(OP_ACQ_PROGRAM, &b, &op, len, NULL, err, errlen);
+    free(b.p);
+    return r;
+}
+
+void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int mode, size_t *len,
+                                 int *notfound, char *err, size_t errlen)
+{
+    struct buf b = {0};
+    char num[32];
+    snprintf(num, sizeof num, "%lu", ldp_objs[ldp_main]->plan->h->lease);
+    put(&b, "lease", num);
+    put(&b, "name", name);
+    put(&b, "requester", requester ? requester->path : ldp_objs[ldp_main]->path);
+    snprintf(num, sizeof num, "%d", mode);
+    put(&b, "flags", num);
+    uint32_t op;
+    char *r = call(OP_ACQ_LIBRARY, &b, &op, len, NULL, err, errlen);
+    free(b.p);
+    *notfound = 0;
+    return r;
+}
+
+void ldp_broker_release(uint64_t lease, uint32_t first, uint32_t n)
+{
+    if (ldp_broker_fd < 0) return;
+    struct buf b = {0};
+    char num[32];
+    snprintf(num, sizeof num, "%lu", lease);
+    put(&b, "lease", num);
+    for (uint32_t i = 0; i < n; i++) {
+        snprintf(num, sizeof num, "%u", first + i);
+        put(&b, "object", num);
+    }
+    uint32_t op;
+    size_t len;
+    char err[256];
+    free(call(OP_RELEASE, &b, &op, &len, NULL, err, sizeof err));
+    free(b.p);
+}

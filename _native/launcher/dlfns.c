@@ -1,0 +1,247 @@
+/* The dl* family as pooled code sees it: handles of pooled objects are
+ * their ldp_rt records, everything else goes to ld.so.  dlerror keeps one
+ * per-thread message across both (ours wins while pending). */
+#include "ldp.h"
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct errstate { uint64_t marker; char *dlerr; int pending; };
+
+void ldp_set_error(const char *fmt, ...)
+{
+    struct errstate *e = ldp_tls_errslot();
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    free(e->dlerr);
+    e->dlerr = strdup(buf);
+    e->pending = 1;
+    (void)dlerror();   /* ld.so's older message is superseded */
+}
+
+static void clear_error(void) { ((struct errstate *)ldp_tls_errslot())->pending = 0; }
+
+char *ldp_dlerror(void)
+{
+    struct errstate *e = ldp_tls_errslot();
+    if (e->pending) {
+        e->pending = 0;
+        return e->dlerr;
+    }
+    return dlerror();
+}
+
+static const char *const glibc_family[] = {
+    "libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so", "libresolv.so", "libmvec.so",
+    "libutil.so", "libanl.so", "libnss_", "ld-linux", "libBrokenLocale.so", "libthread_db.so",
+    "libc_malloc_debug.so", "libmemusage.so", "libpcprofile.so", "libnsl.so", NULL,
+};
+
+static int is_glibc(const char *name)
+{
+    const char *b = strrchr(name, '/');
+    b = b ? b + 1 : name;
+    for (int i = 0; glibc_family[i]; i++)
+        if (strncmp(b, glibc_family[i], strlen(glibc_family[i])) == 0) return 1;
+    return 0;
+}
+
+static void *open_plan(struct ldp_plan *p, int mode);
+
+void *ldp_dlopen(const char *file, int mode)
+{
+    clear_error();
+    if (!file) return ldp_main != LDP_NONE ? (void *)ldp_objs[ldp_main] : dlopen(file, mode);
+    if (is_glibc(file)) return dlopen(file, mode);
+    struct ldp_rt *r = ldp_find_name(file);
+    if (r) {
+        r->refcount++;
+        if (mode & RTLD_GLOBAL) r->global = 1;
+        return r;
+    }
+    if (mode & RTLD_NOLOAD) return dlopen(file, mode);
+    if (ldp_debug_mode || ldp_broker_fd < 0) {
+        if (ldp_debug) ldp_note("note: dlopen(%s) goes to ld.so (no broker in --plan mode)", file);
+        return dlopen(file, mode);
+    }
+    struct ldp_rt *req = ldp_find_addr(__builtin_return_address(0));
+    char err[512];
+    size_t len;
+    int notfound = 0;
+    void *buf = ldp_broker_acquire_library(file, req, mode, &len, &notfound, err, sizeof err);
+    if (!buf) {
+        if (notfound) ldp_set_error("%s: cannot open shared object file: No such file or directory", file);
+        else ldp_set_error("%s", err);
+        return NULL;
+    }
+    struct ldp_plan *p = malloc(sizeof *p);
+    if (ldp_plan_check(p, buf, len, 0, err, sizeof err) < 0) {
+        ldp_set_error("%s: bad plan from the broker: %s", file, err);
+        free(p);
+        return NULL;
+    }
+    if (p->h->nobj == 0) {
+        /* the broker resolved it to an object we already hold */
+        r = ldp_find_name(file);
+        free(p);
+        if (!r) { ldp_set_error("%s: cannot open shared object file", file); return NULL; }
+        r->refcount++;
+        return r;
+    }
+    return open_plan(p, mode);
+}
+
+static void *open_plan(struct ldp_plan *p, int mode)
+{
+    char err[512];
+    for (uint32_t i = 0; i < p->h->nglibc; i++)
+        if (!dlopen(ldp_str(p, p->glibc[i]), RTLD_NOW | RTLD_GLOBAL)) {
+            ldp_set_error("%s", dlerror());
+            return NULL;
+        }
+    ldp_objects_add(p);
+    if (ldp_map_plan(p, ldp_pool_fd, err, sizeof err) < 0 || ldp_resolve_imports(p, 1, err, sizeof err) < 0 ||
+        ldp_apply_fixups(p, err, sizeof err) < 0 || ldp_tls_install(p, err, sizeof err) < 0) {
+        ldp_set_error("%s", err);
+        for (uint32_t i = 0; i < p->h->nobj; i++) {
+            ldp_unmap(ldp_objs[p->first_index + i]);
+            ldp_objs[p->first_index + i]->state = LDP_ST_GONE;
+        }
+        return NULL;
+    }
+    ldp_protect_plan(p);
+    struct ldp_rt *root = ldp_objs[p->first_index];
+    for (uint32_t i = 0; i < p->h->nobj; i++) {
+        struct ldp_rt *r = ldp_objs[p->first_index + i];
+        r->dlopened = 1;
+        r->global = (mode & RTLD_GLOBAL) != 0;
+        r->refcount = r == root ? 0 : 1;
+    }
+    root->refcount = 1;
+    ldp_run_inits(p, ldp_argc, ldp_argv, environ);
+    return root;
+}
+
+static void *search(struct ldp_rt *caller_after, struct ldp_rt *scope_of, const char *name, const char *ver,
+                    struct ldp_rt **found)
+{
+    if (scope_of) {
+        for (uint32_t k = 0; k < scope_of->ndeps; k++) {
+            struct ldp_rt *r = ldp_objs[scope_of->deps[k]];
+            if (r->state == LDP_ST_GONE) continue;
+            const Elf64_Sym *s = ldp_lookup_in(r, name, ver);
+            if (s) { *found = r; return ldp_sym_value(r, s); }
+        }
+        return NULL;
+    }
+    for (uint32_t i = caller_after ? caller_after->index + 1 : 0; i < ldp_nobj; i++) {
+        struct ldp_rt *r = ldp_objs[i];
+        if (!r || r->state < LDP_ST_MAPPED || r->state == LDP_ST_GONE || !r->global) continue;
+        const Elf64_Sym *s = ldp_lookup_in(r, name, ver);
+        if (s) { *found = r; return ldp_sym_value(r, s); }
+    }
+    return NULL;
+}
+
+static void *do_sym(void *h, const char *name, const char *ver, void *ret)
+{
+    struct ldp_rt *found = NULL, *r = NULL;
+    void *a = NULL;
+    clear_error();
+    if (h == RTLD_DEFAULT) {
+        a = search(NULL, NULL, name, ver, &found);
+    } else if (h == RTLD_NEXT) {
+        struct ldp_rt *caller = ldp_find_addr(ret);
+        if (!caller) return ver ? dlvsym(h, name, ver) : dlsym(h, name);
+        a = search(caller, NULL, name, ver, &found);
+        if (!found) h = RTLD_DEFAULT;
+    } else if ((r = ldp_from_handle(h)) != NULL) {
+        a = (r->o->flags & LDP_OBJ_MAIN) ? search(NULL, NULL, name, ver, &found) : search(NULL, r, name, ver, &found);
+        if (!found) h = RTLD_DEFAULT;
+    }
+    if (found) return a;
+    a = ver ? dlvsym(h, name, ver) : dlsym(h, name);
+    if (!a && r) {
+        (void)dlerror();
+        ldp_set_error("%s: undefined symbol: %s%s%s", r->path, name, ver ? ", version " : "", ver ? ver : "");
+    }
+    return a;
+}
+
+void *ldp_dlsym(void *h, const char *name) { return do_sym(h, name, NULL, __builtin_return_address(0)); }
+
+void *ldp_dlvsym(void *h, const char *name, const char *version)
+{
+    return do_sym(h, name, version, __builtin_return_address(0));
+}
+
+int ldp_dlclose(void *h)
+{
+    struct ldp_rt *r = ldp_from_handle(h);
+    clear_error();
+    if (!r) return dlclose(h);
+    if (r->refcount > 0) r->refcount--;
+    if (r->refcount > 0 || !r->dlopened || (r->o->flags & LDP_OBJ_NODELETE)) return 0;
+    /* unload the plan this object came with, in reverse init order */
+    struct ldp_plan *p = r->plan;
+    for (uint32_t i = p->h->ninit; i-- > 0;) ldp_run_finis_obj(ldp_objs[p->init[i]]);
+    uint32_t gone = 0;
+    for (uint32_t i = 0; i < p->h->nobj; i++) {
+        struct ldp_rt *x = ldp_objs[p->first_index + i];
+        if (x != r && x->refcount > 1) continue;
+        ldp_run_finis_obj(x);
+        ldp_unmap(x);
+        x->state = LDP_ST_GONE;
+        ldp_subs++;
+        gone++;
+    }
+    if (gone == p->h->nobj) ldp_broker_release(p->h->lease, p->first_index, p->h->nobj);
+    return 0;
+}
+
+int ldp_dladdr(const void *addr, Dl_info *info) { return ldp_dladdr1(addr, info, NULL, 0); }
+
+int ldp_dladdr1(const void *addr, Dl_info *info, void **extra, int flags)
+{
+    struct ldp_rt *r = ldp_find_addr(addr);
+    if (!r) return extra ? dladdr1(addr, info, extra, flags) : dladdr(addr, info);
+    const Elf64_Sym *s = ldp_nearest(r, (uint64_t)addr);
+    info->dli_fname = (r->o->flags & LDP_OBJ_MAIN) ? (ldp_argv ? ldp_argv[0] : r->path) : r->path;
+    info->dli_fbase = (void *)r->o->map_start;
+    info->dli_sname = s ? r->strtab + s->st_name : NULL;
+    info->dli_saddr = s ? (void *)(r->o->l_addr + s->st_value) : NULL;
+    if (extra) {
+        if (flags == RTLD_DL_LINKMAP) *extra = &r->lm;
+        else if (flags == RTLD_DL_SYMENT) *extra = (void *)s;
+    }
+    return 1;
+}
+
+int ldp_dlinfo(void *h, int req, void *arg)
+{
+    struct ldp_rt *r = ldp_from_handle(h);
+    clear_error();
+    if (!r) return dlinfo(h, req, arg);
+    switch (req) {
+    case RTLD_DI_LINKMAP: *(struct link_map **)arg = &r->lm; return 0;
+    case RTLD_DI_LMID: *(Lmid_t *)arg = LM_ID_BASE; return 0;
+    case RTLD_DI_ORIGIN: {
+        const char *s = strrchr(r->path, '/');
+        size_t n = s ? (size_t)(s - r->path) : 0;
+        memcpy(arg, r->path, n);
+        ((char *)arg)[n] = 0;
+        return 0;
+    }
+    case RTLD_DI_TLS_MODID: *(size_t *)arg = r->o->tls_tpoff ? r->o->tls_modid : 0; return 0;
+    case RTLD_DI_TLS_DATA:
+        *(void **)arg = r->o->tls_tpoff ? (void *)(ldp_tls_tp() + r->o->tls_tpoff) : NULL;
+        return 0;
+    default:
+        ldp_set_error("dlinfo: request %d is not supported for pooled objects", req);
+        return -1;
+    }
+}

@@ -1,0 +1,237 @@
+/* Per-process fixups: resolve a plan's imports (launcher overrides first,
+ * then glibc's family through dlvsym), then run the per-record loop over
+ * the small ldp_fix vocabulary, objects in reverse load order as ld.so
+ * relocates.  COPY relocations of glibc data also repoint glibc's own GOT
+ * slots at the program's copy, which is what ld.so's interposition does. */
+#include "ldp.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static const struct { const char *name; void *fn; } overrides[] = {
+    {"__libc_start_main", (void *)ldp_libc_start_main},
+    {"dlopen", (void *)ldp_dlopen},
+    {"dlsym", (void *)ldp_dlsym},
+    {"dlvsym", (void *)ldp_dlvsym},
+    {"dlclose", (void *)ldp_dlclose},
+    {"dlerror", (void *)ldp_dlerror},
+    {"dladdr", (void *)ldp_dladdr},
+    {"dladdr1", (void *)ldp_dladdr1},
+    {"dlinfo", (void *)ldp_dlinfo},
+    {"dl_iterate_phdr", (void *)ldp_dl_iterate_phdr},
+    {"_dl_find_object", (void *)ldp_dl_find_object},
+    {"__tls_get_addr", (void *)ldp_tls_get_addr},
+};
+
+void *ldp_override(const char *name)
+{
+    if (name[0] != '_' && name[0] != 'd') return NULL;
+    for (size_t i = 0; i < sizeof overrides / sizeof overrides[0]; i++)
+        if (strcmp(overrides[i].name, name) == 0) return overrides[i].fn;
+    return NULL;
+}
+
+/* ---- lazily failing stubs: a non-BIND_NOW object may import a function
+ * nobody defines and still run, as long as it never calls it ---- */
+struct lazy_miss { struct ldp_plan *p; uint32_t imp; const char *obj; };
+
+static void lazy_fail(struct lazy_miss *m)
+{
+    ldp_die(127, "symbol lookup error: %s: undefined symbol: %s", m->obj, ldp_str(m->p, m->p->imp[m->imp].name));
+}
+
+static void *lazy_stub(struct ldp_plan *p, uint32_t imp, const char *obj)
+{
+    static unsigned char *page;
+    static size_t used = 4096;
+    if (used + 32 > 4096) {
+        page = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (page == MAP_FAILED) return NULL;
+        used = 0;
+    }
+    struct lazy_miss *m = malloc(sizeof *m);
+    m->p = p, m->imp = imp, m->obj = obj;
+    unsigned char *c = page + used;
+    uint64_t a = (uint64_t)m, f = (uint64_t)lazy_fail;
+    c[0] = 0x48, c[1] = 0xbf, memcpy(c + 2, &a, 8);            /* movabs $m, %rdi */
+    c[10] = 0x48, c[11] = 0xb8, memcpy(c + 12, &f, 8);         /* movabs $lazy_fail, %rax */
+    c[20] = 0x48, c[21] = 0x83, c[22] = 0xe4, c[23] = 0xf0;    /* and $-16, %rsp */
+    c[24] = 0xff, c[25] = 0xd0;                                /* call *%rax */
+    used += 32;
+    return c;
+}
+
+#define MISSING ((uint64_t)1)   /* import sentinel: not found, not weak */
+
+int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen)
+{
+    uint32_t n = p->h->nimport;
+    p->imp_addr = calloc(n ? n : 1, sizeof *p->imp_addr);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct ldp_import *im = &p->imp[i];
+        const char *name = ldp_str(p, im->name);
+        void *a = ldp_override(name);
+        if (!a) {
+            if (im->version != LDP_NONE) a = dlvsym(RTLD_DEFAULT, name, ldp_str(p, im->version));
+            else a = dlsym(RTLD_DEFAULT, name);
+        }
+        if (!a && !(im->flags & LDP_IMP_WEAK)) {
+            /* decided per fixup: lazily bound calls fail only when made */
+            p->imp_addr[i] = MISSING;
+            continue;
+        }
+        p->imp_addr[i] = (uint64_t)a;
+    }
+    (void)lazy_ok, (void)err, (void)errlen;
+    return 0;
+}
+
+/* ---- COPY of glibc data: repoint glibc's GLOB_DAT/64 slots ---- */
+struct copy_move { uint64_t old, size, new; };
+struct repoint_ctx { struct copy_move *mv; size_t n; };
+
+static int repoint_one(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct repoint_ctx *c = data;
+    uint64_t base = info->dlpi_addr, relro_lo = 0, relro_hi = 0;
+    const Elf64_Dyn *dyn = NULL;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const Elf64_Phdr *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_DYNAMIC) dyn = (const void *)(base + ph->p_vaddr);
+        if (ph->p_type == PT_GNU_RELRO) relro_lo = base + ph->p_vaddr, relro_hi = relro_lo + ph->p_memsz;
+    }
+    if (!dyn) return 0;
+    uint64_t rela = 0, relasz = 0;
+    for (const Elf64_Dyn *d = dyn; d->d_tag != DT_NULL; d++) {
+        if (d->d_tag == DT_RELA) rela = d->d_un.d_ptr;
+        if (d->d_tag == DT_RELASZ) relasz = d->d_un.d_val;
+    }
+    if (!rela) return 0;
+    if (rela < base) rela += base;   /* ld.so's own .dynamic is not adjusted */
+    for (const Elf64_Rela *r = (const void *)rela; (uint64_t)(r + 1) <= rela + relasz; r++) {
+        uint32_t t = ELF64_R_TYPE(r->r_info);
+        if (t != R_X86_64_GLOB_DAT && t != R_X86_64_64) continue;
+        uint64_t *slot = (uint64_t *)(base + r->r_offset), v = *slot;
+        for (size_t k = 0; k < c->n; k++) {
+            if (v < c->mv[k].old || v >= c->mv[k].old + c->mv[k].size) continue;
+            uint64_t page = (uint64_t)slot & ~4095ul;
+            int relro = (uint64_t)slot >= relro_lo && (uint64_t)slot < relro_hi;
+            if (relro) mprotect((void *)page, 4096, PROT_READ | PROT_WRITE);
+            *slot = c->mv[k].new + (v - c->mv[k].old);
+            if (relro) mprotect((void *)page, 4096, PROT_READ);
+            break;
+        }
+    }
+    return 0;
+}
+
+static const struct ldp_obj *owner(struct ldp_plan *p, uint32_t k)
+{
+    for (uint32_t i = 0; i < p->h->nobj; i++)
+        if (k >= p->obj[i].fix_first && k < p->obj[i].fix_first + p->obj[i].fix_count) return &p->obj[i];
+    return p->obj;
+}
+
+static int bind_now(const struct ldp_obj *o)
+{
+    static int env = -1;
+    if (env < 0) { const char *e = getenv("LD_BIND_NOW"); env = e && *e; }
+    return env || (o->flags & LDP_OBJ_BIND_NOW);
+}
+
+static uint64_t sym_value(struct ldp_plan *p, uint32_t k, const struct ldp_fix *f, char *err, size_t errlen, int *bad)
+{
+    uint64_t s = p->imp_addr[f->sym];
+    if (s != MISSING) return s;
+    const struct ldp_obj *o = owner(p, k);
+    const struct ldp_import *im = &p->imp[f->sym];
+    if ((im->flags & LDP_IMP_FUNC) && f->type == LDP_FIX_SYM64 && !bind_now(o)) {
+        void *stub = lazy_stub(p, f->sym, ldp_str(p, o->path));
+        if (stub) return (uint64_t)stub - f->addend;
+    }
+    snprintf(err, errlen, "symbol lookup error: %s: undefined symbol: %s%s%s", ldp_str(p, o->path),
+             ldp_str(p, im->name), im->version != LDP_NONE ? ", version " : "",
+             im->version != LDP_NONE ? ldp_str(p, im->version) : "");
+    *bad = 1;
+    return 0;
+}
+
+static uint64_t tls_tpoff_of(uint32_t g) { return (uint64_t)ldp_objs[g]->o->tls_tpoff; }
+
+#define RANGE(v, lo, hi, what) do { if ((int64_t)(v) < (lo) || (int64_t)(v) > (hi)) { \
+        snprintf(err, errlen, "%s: relocation at %#lx out of range (%s)", ldp_str(p, owner(p, k)->path), f->addr, what); \
+        return -1; } } while (0)
+
+static int apply_one(struct ldp_plan *p, uint32_t k, struct copy_move **mv, size_t *nmv, char *err, size_t errlen)
+{
+    const struct ldp_fix *f = &p->fix[k];
+    int bad = 0;
+    uint64_t s, v;
+    switch (f->type) {
+    case LDP_FIX_ABS64: *(uint64_t *)f->addr = f->addend; break;
+    case LDP_FIX_SYM64:
+        s = sym_value(p, k, f, err, errlen, &bad);
+        if (bad) return -1;
+        *(uint64_t *)f->addr = s + f->addend;
+        break;
+    case LDP_FIX_SYM_PC32: case LDP_FIX_SYM32: case LDP_FIX_SYM32S:
+        s = sym_value(p, k, f, err, errlen, &bad);
+        if (bad) return -1;
+        v = s + f->addend;
+        if (f->type == LDP_FIX_SYM_PC32) { v -= f->addr; RANGE(v, INT32_MIN, INT32_MAX, "PC32"); }
+        else if (f->type == LDP_FIX_SYM32) { if (v > UINT32_MAX) RANGE(1, 0, 0, "32"); }
+        else RANGE(v, INT32_MIN, INT32_MAX, "32S");
+        *(uint32_t *)f->addr = (uint32_t)v;
+        break;
+    case LDP_FIX_IRELATIVE: break;   /* second pass */
+    case LDP_FIX_DTPMOD: *(uint64_t *)f->addr = ldp_objs[f->sym]->o->tls_modid; break;
+    case LDP_FIX_TPOFF: *(uint64_t *)f->addr = tls_tpoff_of(f->sym) + f->addend; break;
+    case LDP_FIX_TLSDESC:
+        ((uint64_t *)f->addr)[0] = (uint64_t)ldp_tlsdesc_static;
+        ((uint64_t *)f->addr)[1] = tls_tpoff_of(f->sym) + f->addend;
+        break;
+    case LDP_FIX_GLIBC_TPOFF:
+        s = sym_value(p, k, f, err, errlen, &bad);
+        if (bad) return -1;
+        *(uint64_t *)f->addr = s - ldp_tls_tp() + f->addend;
+        break;
+    case LDP_FIX_COPY:
+        if (f->sym == LDP_NONE) {
+            memcpy((void *)f->addr, (void *)f->aux, f->addend);
+        } else {
+            s = sym_value(p, k, f, err, errlen, &bad);
+            if (bad) return -1;
+            if (!s) break;
+            memcpy((void *)f->addr, (void *)s, f->addend);
+            *mv = realloc(*mv, sizeof **mv * (*nmv + 1));
+            (*mv)[(*nmv)++] = (struct copy_move){s, (uint64_t)f->addend, f->addr};
+        }
+        break;
+    }
+    return 0;
+}
+
+int ldp_apply_fixups(struct ldp_plan *p, char *err, size_t errlen)
+{
+    struct copy_move *mv = NULL;
+    size_t nmv = 0;
+    for (uint32_t i = p->h->nobj; i-- > 0;) {
+        const struct ldp_obj *o = &p->obj[i];
+        uint32_t end = o->fix_first + o->fix_count;
+        for (uint32_t k = o->fix_first; k < end; k++)
+            if (apply_one(p, k, &mv, &nmv, err, errlen) < 0) { free(mv); return -1; }
+        /* IRELATIVE resolvers may read the object's own relocated data */
+        for (uint32_t k = o->fix_first; k < end; k++)
+            if (p->fix[k].type == LDP_FIX_IRELATIVE)
+                *(uint64_t *)p->fix[k].addr = ((uint64_t (*)(void))p->fix[k].addend)();
+    }
+    if (nmv) {
+        struct repoint_ctx c = {mv, nmv};
+        dl_iterate_phdr(repoint_one, &c);
+    }
+    free(mv);
+    for (uint32_t i = 0; i < p->h->nobj; i++) ldp_objs[p->first_index + i]->state = LDP_ST_RELOCATED;
+    return 0;
+}

@@ -1,0 +1,76 @@
+/* What unwinders and iterators see: dl_iterate_phdr reports the program
+ * first (in the launcher's place, named "" as natively), then ld.so's
+ * objects, then the pooled libraries; _dl_find_object knows pooled ranges
+ * and their PT_GNU_EH_FRAME, which is all libgcc_s 12 needs to unwind. */
+#include "ldp.h"
+#include <string.h>
+#include <sys/auxv.h>
+
+struct it { int (*cb)(struct dl_phdr_info *, size_t, void *); void *data; int ret, seen_first;
+            unsigned long long adds, subs; };
+
+static void fill(struct dl_phdr_info *i, struct ldp_rt *r, struct it *c)
+{
+    memset(i, 0, sizeof *i);
+    i->dlpi_addr = r->o->l_addr;
+    i->dlpi_name = r->lm.l_name;
+    i->dlpi_phdr = (const Elf64_Phdr *)r->o->phdr;
+    i->dlpi_phnum = r->o->phnum;
+    i->dlpi_adds = c->adds + ldp_adds;
+    i->dlpi_subs = c->subs + ldp_subs;
+    if (r->o->tls_tpoff) {
+        i->dlpi_tls_modid = r->o->tls_modid;
+        i->dlpi_tls_data = (void *)(ldp_tls_tp() + r->o->tls_tpoff);
+    }
+}
+
+static int counts(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct it *c = data;
+    c->adds = info->dlpi_adds, c->subs = info->dlpi_subs;
+    return 1;
+}
+
+static int forward(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct it *c = data;
+    if (!c->seen_first) {
+        c->seen_first = 1;   /* the launcher itself: the program took its place */
+        if (ldp_main != LDP_NONE) return 0;
+    }
+    info->dlpi_adds += ldp_adds;
+    info->dlpi_subs += ldp_subs;
+    return c->ret = c->cb(info, size, c->data);
+}
+
+int ldp_dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *data)
+{
+    struct it c = {cb, data, 0, 0, 0, 0};
+    struct dl_phdr_info i;
+    dl_iterate_phdr(counts, &c);
+    if (ldp_main != LDP_NONE) {
+        fill(&i, ldp_objs[ldp_main], &c);
+        if ((c.ret = cb(&i, sizeof i, data)) != 0) return c.ret;
+    }
+    dl_iterate_phdr(forward, &c);
+    if (c.ret) return c.ret;
+    for (uint32_t k = 0; k < ldp_nobj; k++) {
+        struct ldp_rt *r = ldp_objs[k];
+        if (!r || k == ldp_main || r->state < LDP_ST_MAPPED || r->state == LDP_ST_GONE) continue;
+        fill(&i, r, &c);
+        if ((c.ret = cb(&i, sizeof i, data)) != 0) return c.ret;
+    }
+    return 0;
+}
+
+int ldp_dl_find_object(void *pc, struct dl_find_object *res)
+{
+    struct ldp_rt *r = ldp_find_addr(pc);
+    if (!r) return _dl_find_object(pc, res);
+    memset(res, 0, sizeof *res);
+    res->dlfo_map_start = (void *)r->o->map_start;
+    res->dlfo_map_end = (void *)r->o->map_end;
+    res->dlfo_link_map = &r->lm;
+    res->dlfo_eh_frame = (void *)r->o->eh_frame_hdr;
+    return r->o->eh_frame_hdr ? 0 : -1;
+}

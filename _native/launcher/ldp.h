@@ -1,0 +1,131 @@
+/* Internal interfaces of ldpool-exec, shared by its C files (one concept
+ * per file: see the comment at the top of each). */
+#ifndef LDP_H
+#define LDP_H
+#define _GNU_SOURCE
+#include <stddef.h>
+#include <stdint.h>
+#include <elf.h>
+#include <link.h>
+#include <dlfcn.h>
+#include <unistd.h>
+#include "plan.h"
+
+/* ---- messages (util.c) ---- */
+extern const char *ldp_progname;     /* the program being run, for messages */
+void ldp_die(int status, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+void ldp_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+extern int ldp_debug;                 /* LDPOOL_DEBUG set */
+
+/* ---- a validated plan (plan_check.c) ---- */
+struct ldp_plan {
+    const unsigned char *buf;
+    size_t len;
+    const struct ldp_plan_hdr *h;
+    const struct ldp_obj *obj;
+    const struct ldp_seg *seg;
+    const struct ldp_fix *fix;
+    const struct ldp_import *imp;
+    const uint32_t *init, *glibc;
+    const char *str;
+    uint64_t *imp_addr;          /* resolved imports (fixup.c) */
+    uint32_t first_index;
+};
+/* Bounds-check everything; returns -1 with a one-line reason in err. */
+int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t pool_size,
+                   char *err, size_t errlen);
+static inline const char *ldp_str(const struct ldp_plan *p, uint32_t off) { return p->str + off; }
+
+/* ---- runtime objects: global index space across the program's plan and
+ *      later dlopen plans (objects.c) ---- */
+enum { LDP_ST_MAPPED = 1, LDP_ST_RELOCATED = 2, LDP_ST_INITED = 3, LDP_ST_FINISHED = 4, LDP_ST_GONE = 5 };
+struct ldp_rt {
+    struct link_map lm;          /* first: a pointer to it is also our dl handle */
+    uint32_t magic;
+    const struct ldp_obj *o;
+    struct ldp_plan *plan;
+    uint32_t index;              /* global index */
+    int state, refcount, dlopened, global;
+    const char *name, *path, *soname;
+    /* dynamic info of the mapped image */
+    const Elf64_Sym *symtab;
+    const char *strtab;
+    const uint32_t *gnu_hash, *sysv_hash;
+    const Elf64_Versym *versym;
+    const Elf64_Verdef *verdef;
+    uint32_t nsyms;
+    uint32_t *deps; uint32_t ndeps;   /* global indices of the local scope (BFS), for dlsym(handle) */
+};
+#define LDP_RT_MAGIC 0x4c445052u
+extern struct ldp_rt **ldp_objs;
+extern uint32_t ldp_nobj;
+extern uint32_t ldp_main;            /* global index of the program */
+extern int ldp_adds, ldp_subs;       /* for dl_iterate_phdr */
+void ldp_objects_add(struct ldp_plan *p);
+void ldp_objects_mapped(struct ldp_plan *p);
+void ldp_rt_dyninfo(struct ldp_rt *r);
+struct ldp_rt *ldp_find_addr(const void *addr);
+struct ldp_rt *ldp_from_handle(void *h);
+struct ldp_rt *ldp_find_name(const char *name);
+
+/* ---- mapping (mapping.c) ---- */
+int ldp_map_plan(struct ldp_plan *p, int poolfd, char *err, size_t errlen);
+void ldp_protect_plan(struct ldp_plan *p);
+void ldp_unmap(struct ldp_rt *r);
+
+/* ---- fixups (fixup.c) ---- */
+int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen);
+int ldp_apply_fixups(struct ldp_plan *p, char *err, size_t errlen);
+void *ldp_override(const char *name);
+
+/* ---- TLS (tls.c) ---- */
+void ldp_tls_setup(void);
+int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen);
+uint64_t ldp_tls_tp(void);
+void *ldp_tls_get_addr(void *ti);
+void ldp_tlsdesc_static(void);      /* tlsdesc.S */
+void *ldp_tls_errslot(void);         /* per-thread launcher state (dlerror) */
+
+/* ---- init/fini and program start (start.c) ---- */
+void ldp_run_inits(struct ldp_plan *p, int argc, char **argv, char **envp);
+void ldp_run_finis_obj(struct ldp_rt *r);
+int ldp_libc_start_main(int (*main)(int, char **, char **), int argc, char **argv,
+                        void (*init)(int, char **, char **), void (*fini)(void),
+                        void (*rtld_fini)(void), void *stack_end);
+void ldp_start(int argc, char **argv, char **envp, const char *execfn) __attribute__((noreturn));
+void ldp_jump(void *sp, void *entry) __attribute__((noreturn));   /* tlsdesc.S */
+void ldp_set_identity(const char *argv0);
+extern int ldp_argc; extern char **ldp_argv, **ldp_envp;
+
+/* ---- symbols of pooled objects (symbols.c) ---- */
+const Elf64_Sym *ldp_lookup_in(struct ldp_rt *r, const char *name, const char *version);
+void *ldp_sym_value(struct ldp_rt *r, const Elf64_Sym *s);
+const Elf64_Sym *ldp_nearest(struct ldp_rt *r, uint64_t addr);
+
+/* ---- dl* family (dlfns.c, iterate.c) ---- */
+void *ldp_dlopen(const char *file, int mode);
+void *ldp_dlsym(void *h, const char *name);
+void *ldp_dlvsym(void *h, const char *name, const char *version);
+int ldp_dlclose(void *h);
+char *ldp_dlerror(void);
+int ldp_dladdr(const void *addr, Dl_info *info);
+int ldp_dladdr1(const void *addr, Dl_info *info, void **extra, int flags);
+int ldp_dlinfo(void *h, int req, void *arg);
+int ldp_dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *data);
+int ldp_dl_find_object(void *pc, struct dl_find_object *res);
+void ldp_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void ldp_gdb_add(struct ldp_plan *p);
+void ldp_gdb_remove(struct ldp_rt *r);
+
+/* ---- broker client (broker.c) ---- */
+extern int ldp_broker_fd, ldp_pool_fd;
+extern int ldp_debug_mode;           /* --plan/--pool: no broker */
+int ldp_broker_connect(char *err, size_t errlen);
+void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, char *err, size_t errlen);
+void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int mode, size_t *len,
+                                 int *notfound, char *err, size_t errlen);
+void ldp_broker_release(uint64_t lease, uint32_t first, uint32_t n);
+uint64_t ldp_broker_pool_size(void);
+extern const char *ldp_socket_opt;
+
+#endif

@@ -1,0 +1,64 @@
+/* Mapping a plan's objects from the pool: reserve each object's whole range
+ * (MAP_FIXED_NOREPLACE, so a clash is an error, not a silent overwrite),
+ * then map its segments shared read-only, private copy-on-write or
+ * anonymous.  Private and anonymous pages stay writable until the fixups
+ * are done; ldp_protect_plan gives them their final protections. */
+#include "ldp.h"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+int ldp_map_plan(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
+{
+    for (uint32_t i = 0; i < p->h->nobj; i++) {
+        const struct ldp_obj *o = &p->obj[i];
+        size_t len = o->map_end - o->map_start;
+        void *m = mmap((void *)o->map_start, len, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED || m != (void *)o->map_start) {
+            int e = errno;
+            if (m != MAP_FAILED) munmap(m, len);
+            snprintf(err, errlen, "%s: cannot reserve %#lx-%#lx: %s", ldp_str(p, o->path),
+                     o->map_start, o->map_end, m == MAP_FAILED ? strerror(e) : "address taken");
+            return -1;
+        }
+        for (uint32_t k = o->seg_first; k < o->seg_first + o->seg_count; k++) {
+            const struct ldp_seg *s = &p->seg[k];
+            void *r;
+            if (s->kind == LDP_SEG_SHARED)
+                r = mmap((void *)s->addr, s->len, s->prot, MAP_SHARED | MAP_FIXED, poolfd, s->pool_off);
+            else if (s->kind == LDP_SEG_PRIVATE)
+                r = mmap((void *)s->addr, s->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, poolfd,
+                         s->pool_off);
+            else
+                r = mmap((void *)s->addr, s->len, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            if (r == MAP_FAILED) {
+                snprintf(err, errlen, "%s: cannot map segment at %#lx: %s", ldp_str(p, o->path), s->addr,
+                         strerror(errno));
+                return -1;
+            }
+        }
+    }
+    ldp_objects_mapped(p);
+    return 0;
+}
+
+void ldp_protect_plan(struct ldp_plan *p)
+{
+    for (uint32_t k = 0; k < p->h->nseg; k++) {
+        const struct ldp_seg *s = &p->seg[k];
+        if (s->kind != LDP_SEG_SHARED && s->prot != (PROT_READ | PROT_WRITE))
+            mprotect((void *)s->addr, s->len, s->prot);
+    }
+}
+
+void ldp_unmap(struct ldp_rt *r)
+{
+    munmap((void *)r->o->map_start, r->o->map_end - r->o->map_start);
+}

@@ -1,0 +1,167 @@
+/* The registry of pooled objects in this process: one global index space
+ * shared by the program's plan and later dlopen plans, each object with a
+ * fake link_map (for dl* handles, dlinfo and gdb) and the dynamic-section
+ * facts that dlsym/dladdr need. */
+#include "ldp.h"
+#include <stdlib.h>
+#include <string.h>
+
+struct ldp_rt **ldp_objs;
+uint32_t ldp_nobj, ldp_main = LDP_NONE;
+int ldp_adds, ldp_subs;
+static uint32_t cap;
+
+static uint64_t dptr(struct ldp_rt *r, uint64_t v)
+{
+    /* images may or may not have their .dynamic pointers pre-adjusted */
+    if (v >= r->o->map_start && v < r->o->map_end) return v;
+    return v + r->o->l_addr;
+}
+
+void ldp_rt_dyninfo(struct ldp_rt *r)
+{
+    if (!r->o->l_ld) return;
+    uint64_t soname = 0, has_soname = 0;
+    for (const Elf64_Dyn *d = (const Elf64_Dyn *)r->o->l_ld; d->d_tag != DT_NULL; d++) {
+        switch (d->d_tag) {
+        case DT_SYMTAB: r->symtab = (const void *)dptr(r, d->d_un.d_ptr); break;
+        case DT_STRTAB: r->strtab = (const void *)dptr(r, d->d_un.d_ptr); break;
+        case DT_GNU_HASH: r->gnu_hash = (const void *)dptr(r, d->d_un.d_ptr); break;
+        case DT_HASH: r->sysv_hash = (const void *)dptr(r, d->d_un.d_ptr); break;
+        case DT_VERSYM: r->versym = (const void *)dptr(r, d->d_un.d_ptr); break;
+        case DT_VERDEF: r->verdef = (const void *)dptr(r, d->d_un.d_ptr); break;
+        case DT_SONAME: soname = d->d_un.d_val; has_soname = 1; break;
+        }
+    }
+    if (r->strtab && has_soname) r->soname = r->strtab + soname;
+    if (r->sysv_hash) {
+        r->nsyms = r->sysv_hash[1];
+    } else if (r->gnu_hash) {
+        const uint32_t *g = r->gnu_hash;
+        uint32_t nb = g[0], symoff = g[1], bloom = g[2];
+        const uint32_t *buckets = g + 4 + bloom * 2, *chain = buckets + nb;
+        uint32_t max = 0;
+        for (uint32_t i = 0; i < nb; i++) if (buckets[i] > max) max = buckets[i];
+        if (max >= symoff) {
+            while (!(chain[max - symoff] & 1)) max++;
+            r->nsyms = max + 1;
+        } else {
+            r->nsyms = symoff;
+        }
+    }
+}
+
+static int needed_matches(struct ldp_rt *r, const char *need)
+{
+    if (r->state == LDP_ST_GONE) return 0;
+    if (r->soname && strcmp(r->soname, need) == 0) return 1;
+    const char *b = strrchr(r->path, '/');
+    if (strcmp(b ? b + 1 : r->path, need) == 0) return 1;
+    return strcmp(r->name, need) == 0;
+}
+
+/* The local scope of r: itself, then breadth-first DT_NEEDED among pooled objects. */
+static void compute_deps(struct ldp_rt *r)
+{
+    uint32_t *q = malloc(sizeof *q * (ldp_nobj + 1)), n = 0;
+    q[n++] = r->index;
+    for (uint32_t h = 0; h < n; h++) {
+        struct ldp_rt *x = ldp_objs[q[h]];
+        if (!x->o->l_ld || !x->strtab) continue;
+        for (const Elf64_Dyn *d = (const Elf64_Dyn *)x->o->l_ld; d->d_tag != DT_NULL; d++) {
+            if (d->d_tag != DT_NEEDED) continue;
+            const char *need = x->strtab + d->d_un.d_val;
+            for (uint32_t i = 0; i < ldp_nobj; i++) {
+                if (!needed_matches(ldp_objs[i], need)) continue;
+                int seen = 0;
+                for (uint32_t k = 0; k < n; k++) if (q[k] == i) seen = 1;
+                if (!seen && n < ldp_nobj + 1) q[n++] = i;
+                break;
+            }
+        }
+    }
+    free(r->deps);
+    r->deps = q;
+    r->ndeps = n;
+}
+
+void ldp_objects_add(struct ldp_plan *p)
+{
+    uint32_t need = p->first_index + p->h->nobj;
+    if (need > cap) {
+        cap = need + 16;
+        ldp_objs = realloc(ldp_objs, sizeof *ldp_objs * cap);
+    }
+    for (uint32_t i = 0; i < p->h->nobj; i++) {
+        uint32_t g = p->first_index + i;
+        struct ldp_rt *r = calloc(1, sizeof *r);
+        r->magic = LDP_RT_MAGIC;
+        r->o = &p->obj[i];
+        r->plan = p;
+        r->index = g;
+        r->name = ldp_str(p, r->o->name);
+        r->path = ldp_str(p, r->o->path);
+        r->lm.l_addr = r->o->l_addr;
+        r->lm.l_name = (char *)((r->o->flags & LDP_OBJ_MAIN) ? "" : r->path);
+        r->lm.l_ld = (Elf64_Dyn *)r->o->l_ld;
+        r->global = 1;
+        if (g < ldp_nobj && ldp_objs[g]) {
+            /* a reused index (object unloaded and loaded again) */
+            free(ldp_objs[g]->deps);
+            free(ldp_objs[g]);
+        }
+        ldp_objs[g] = r;
+        if (r->o->flags & LDP_OBJ_MAIN) ldp_main = g;
+    }
+    if (need > ldp_nobj) ldp_nobj = need;
+}
+
+/* Called once mapped: the dynamic sections are readable now. */
+void ldp_objects_mapped(struct ldp_plan *p)
+{
+    for (uint32_t i = 0; i < p->h->nobj; i++) {
+        struct ldp_rt *r = ldp_objs[p->first_index + i];
+        ldp_rt_dyninfo(r);
+        r->state = LDP_ST_MAPPED;
+        ldp_adds++;
+    }
+    for (uint32_t i = 0; i < p->h->nobj; i++) compute_deps(ldp_objs[p->first_index + i]);
+}
+
+struct ldp_rt *ldp_find_addr(const void *addr)
+{
+    uint64_t a = (uint64_t)addr;
+    for (uint32_t i = 0; i < ldp_nobj; i++) {
+        struct ldp_rt *r = ldp_objs[i];
+        if (r && r->state >= LDP_ST_MAPPED && r->state != LDP_ST_GONE && a >= r->o->map_start &&
+            a < r->o->map_end)
+            return r;
+    }
+    return NULL;
+}
+
+struct ldp_rt *ldp_from_handle(void *h)
+{
+    for (uint32_t i = 0; i < ldp_nobj; i++)
+        if (ldp_objs[i] && (void *)ldp_objs[i] == h) return ldp_objs[i];
+    return NULL;
+}
+
+/* The loaded object dlopen(name) means, as ld.so matches it: by path for
+ * names with a slash, else by soname or file name. */
+struct ldp_rt *ldp_find_name(const char *name)
+{
+    char want[4096], have[4096];
+    int slash = strchr(name, '/') != NULL;
+    if (slash && !realpath(name, want)) return NULL;
+    for (uint32_t i = 0; i < ldp_nobj; i++) {
+        struct ldp_rt *r = ldp_objs[i];
+        if (!r || r->state < LDP_ST_MAPPED || r->state == LDP_ST_GONE || (r->o->flags & LDP_OBJ_MAIN)) continue;
+        if (slash) {
+            if (realpath(r->path, have) && strcmp(have, want) == 0) return r;
+        } else if (needed_matches(r, name)) {
+            return r;
+        }
+    }
+    return NULL;
+}

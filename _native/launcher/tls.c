@@ -1,0 +1,129 @@
+/* TLS: the launcher's only thread-local variable is a large initialised
+ * reserve.  The launcher is the main executable, so its block ends at the
+ * thread pointer: the top of the reserve is the program's local-exec block
+ * and the plan carves pooled libraries' static blocks below it (negative
+ * tls_tpoff).  Writing the TLS init images into the reserve's init image
+ * makes glibc copy them into every new thread.  The bottom of the reserve
+ * holds the launcher's own per-thread state. */
+#include "ldp.h"
+#include <stdio.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+
+#define RESERVE (64 * 1024)
+#define STATE 1024               /* launcher per-thread state at the bottom */
+#define MAXGEN (STATE - 64)
+
+struct tstate {
+    uint64_t marker;             /* the non-zero first byte */
+    char *dlerr;
+    int dlerr_pending;
+    uint8_t gen[MAXGEN];         /* per global object index: TLS generation this thread has */
+};
+
+/* .tdata, not .tbss: the first byte is non-zero so glibc copies the whole
+ * image (filesz == memsz) into each new thread */
+static __thread union { unsigned char b[RESERVE]; struct tstate st; } ldp_reserve
+    __attribute__((aligned(64))) = {.b = {1}};
+
+const uint64_t ldp_tls_reserve_size = RESERVE - STATE;
+static unsigned char *init_image;       /* the reserve's TLS init image */
+static uint64_t relro_lo, relro_hi;
+static void *(*real_tls_get_addr)(void *);
+static uint8_t cur_gen[MAXGEN];
+
+uint64_t ldp_tls_tp(void)
+{
+    uint64_t tp;
+    __asm__("movq %%fs:0, %0" : "=r"(tp));
+    return tp;
+}
+
+void *ldp_tls_errslot(void) { return &ldp_reserve.st; }
+
+void ldp_tls_setup(void)
+{
+    const Elf64_Phdr *ph = (const void *)getauxval(AT_PHDR);
+    size_t n = getauxval(AT_PHNUM);
+    uint64_t bias = 0;
+    const Elf64_Phdr *tls = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (ph[i].p_type == PT_PHDR) bias = (uint64_t)ph - ph[i].p_vaddr;
+    for (size_t i = 0; i < n; i++) {
+        if (ph[i].p_type == PT_TLS) tls = &ph[i];
+        if (ph[i].p_type == PT_GNU_RELRO) relro_lo = bias + ph[i].p_vaddr, relro_hi = relro_lo + ph[i].p_memsz;
+    }
+    if (!tls || tls->p_filesz != RESERVE)
+        ldp_die(127, "internal error: the launcher's TLS reserve is not initialised data");
+    init_image = (unsigned char *)(bias + tls->p_vaddr);
+    if ((uint64_t)&ldp_reserve + RESERVE != ldp_tls_tp())
+        ldp_die(127, "internal error: the launcher's TLS block does not end at the thread pointer");
+    real_tls_get_addr = dlsym(RTLD_DEFAULT, "__tls_get_addr");
+}
+
+static void image_write(uint64_t off, const void *src, uint64_t filesz, uint64_t memsz)
+{
+    int ro = (uint64_t)init_image + off < relro_hi && (uint64_t)init_image + off + memsz > relro_lo;
+    uint64_t lo = ((uint64_t)init_image + off) & ~4095ul;
+    uint64_t hi = ((uint64_t)init_image + off + memsz + 4095) & ~4095ul;
+    if (ro) mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE);
+    if (src) memcpy(init_image + off, src, filesz);
+    memset(init_image + off + filesz, 0, memsz - filesz);
+    if (ro) mprotect((void *)lo, hi - lo, PROT_READ);
+}
+
+/* Install the TLS init images of a plan's objects: into the reserve's init
+ * image (future threads) and into the calling thread's block. */
+int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen)
+{
+    for (uint32_t i = 0; i < p->h->nobj; i++) {
+        const struct ldp_obj *o = &p->obj[i];
+        if (!o->tls_tpoff) continue;
+        uint32_t g = p->first_index + i;
+        uint64_t off = RESERVE + o->tls_tpoff;
+        if (off < STATE) {
+            snprintf(err, errlen, "%s: TLS block overlaps the launcher's state", ldp_str(p, o->path));
+            return -1;
+        }
+        image_write(off, (void *)o->tls_image, o->tls_filesz, o->tls_memsz);
+        unsigned char *blk = (unsigned char *)(ldp_tls_tp() + o->tls_tpoff);
+        memcpy(blk, (void *)o->tls_image, o->tls_filesz);
+        memset(blk + o->tls_filesz, 0, o->tls_memsz - o->tls_filesz);
+        if (g < MAXGEN) {
+            /* threads that already exist copy the image on first dynamic access */
+            cur_gen[g] = (uint8_t)(cur_gen[g] + 1) ? (uint8_t)(cur_gen[g] + 1) : 1;
+            image_write(offsetof(struct tstate, gen) + g, &cur_gen[g], 1, 1);
+            ldp_reserve.st.gen[g] = cur_gen[g];
+        }
+    }
+    return 0;
+}
+
+typedef struct { uint64_t module, offset; } tls_index;
+
+void *ldp_tls_get_addr(void *arg)
+{
+    tls_index *ti = arg;
+    static uint32_t last = LDP_NONE;
+    struct ldp_rt *r = NULL;
+    if (last < ldp_nobj && ldp_objs[last] && ldp_objs[last]->o->tls_modid == ti->module &&
+        ldp_objs[last]->o->tls_tpoff)
+        r = ldp_objs[last];
+    else
+        for (uint32_t i = 0; i < ldp_nobj; i++)
+            if (ldp_objs[i] && ldp_objs[i]->o->tls_tpoff && ldp_objs[i]->o->tls_modid == ti->module &&
+                ldp_objs[i]->state != LDP_ST_GONE) {
+                r = ldp_objs[i];
+                last = i;
+                break;
+            }
+    if (!r) return real_tls_get_addr(arg);
+    unsigned char *blk = (unsigned char *)(ldp_tls_tp() + r->o->tls_tpoff);
+    if (r->index < MAXGEN && ldp_reserve.st.gen[r->index] != cur_gen[r->index]) {
+        memcpy(blk, (void *)r->o->tls_image, r->o->tls_filesz);
+        memset(blk + r->o->tls_filesz, 0, r->o->tls_memsz - r->o->tls_filesz);
+        ldp_reserve.st.gen[r->index] = cur_gen[r->index];
+    }
+    return blk + ti->offset;
+}
