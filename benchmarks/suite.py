@@ -7,6 +7,8 @@ import json
 import os
 import time
 
+from loader.errors import LdpoolError
+
 from . import ksm, measure, runners
 from . import suite_broker, suite_ksm, suite_memory, suite_reloc, suite_startup
 
@@ -76,6 +78,8 @@ def collect(quick=False, only=None, step=lambda s: None, on_section=lambda name:
             t = time.monotonic()
             try:
                 res[name] = mod.run(ctx)
+            except LdpoolError as e:  # the thing under test failed: say so, go on
+                res[name] = {"available": False, "reason": f"ldpool failed: {e}"}
             except Exception as e:  # noqa: BLE001 -- one broken suite must not hide the others
                 res[name] = {"available": False, "error": f"{type(e).__name__}: {e}"}
             res[name]["elapsed_s"] = round(time.monotonic() - t, 1)

@@ -104,8 +104,11 @@ def _churn(br, iterations):
     it is SIGKILLed after a random delay (often in the middle of its
     conversation).  Then the broker must settle to zero references."""
     from .brokerclient import Conn
-    with Conn(br.socket) as c:  # cold build outside the timed loop
-        c.release(c.acquire(PROGRAM)[0])
+    try:
+        with Conn(br.socket) as c:  # cold build outside the timed loop
+            c.release(c.acquire(PROGRAM)[0])
+    except Exception as e:  # noqa: BLE001 -- reported as "not available"
+        return {"available": False, "reason": f"acquire of {PROGRAM} failed: {e}"}
     rnd = random.Random(6)
     mp = multiprocessing.get_context("fork")
     t0 = time.monotonic()
