@@ -1,0 +1,177 @@
+"""Mode 2: the per-process fixups of one object.  For every relocation,
+the value ld.so would store in THIS process's scope is compared with what
+the pool image already holds; a record is emitted only where they differ
+or where the value is only known in the process (glibc symbols, TLS,
+IFUNC results, COPY).
+
+Every relocation is accounted for: `FixupSet.counts` says how many were
+found equal to the image ("same"), went through a stub ("stub"), and
+became which fixup record ("slot" for a stub's slot fill).
+"""
+from collections import Counter
+
+from loader import planformat as pf
+from loader.errors import ElfError, ResolveError
+from loader.imports import import_name
+from loader.prerelocate import (F_IFUNC, F_WEAKREF, R_32, R_32S, R_64, R_COPY, R_DTPMOD64,
+                                R_DTPOFF64, R_GLOB_DAT, R_IRELATIVE, R_JUMP_SLOT, R_NONE,
+                                R_PC32, R_PC64, R_RELATIVE, R_SIZE32, R_SIZE64, R_TLSDESC,
+                                R_TPOFF64, T_UNDEF, T_WEAK_UNDEF, bind_entries, load,
+                                static_value)
+
+_SYMFIX = {R_64: pf.FIX_SYM64, R_GLOB_DAT: pf.FIX_SYM64, R_JUMP_SLOT: pf.FIX_SYM64,
+           R_32: pf.FIX_SYM32, R_32S: pf.FIX_SYM32S, R_PC32: pf.FIX_SYM_PC32}
+_TLS = (R_DTPMOD64, R_DTPOFF64, R_TPOFF64, R_TLSDESC)
+
+
+class Imports:
+    """The plan's import table: (name, version) -> index, flags merged."""
+
+    def __init__(self, strings):
+        self.strings = strings
+        self.index = {}
+        self.rows = []
+
+    def add(self, name, version, flags):
+        k = (name, version)
+        i = self.index.get(k)
+        if i is None:
+            i = self.index[k] = len(self.rows)
+            self.rows.append([self.strings.add(name), self.strings.add(version), flags])
+        else:
+            row = self.rows[i]
+            weak = row[2] & flags & pf.IMP_WEAK     # strong anywhere: strong
+            row[2] = ((row[2] | flags) & ~pf.IMP_WEAK) | weak
+        return i
+
+
+class FixupSet:
+    def __init__(self):
+        self.fixes = []          # (addr, type, sym, addend, aux)
+        self.pages = set()       # page addresses fixups write
+        self.counts = Counter()
+        self.nrelocs = 0
+
+    def add(self, addr, ftype, sym=pf.NONE, addend=0, aux=0, width=8):
+        self.fixes.append((addr, ftype, sym, _signed(addend), aux))
+        self.pages.add(addr & ~4095)
+        self.pages.add((addr + width - 1) & ~4095)
+        self.counts[pf.FIX_NAMES[ftype]] += 1
+
+
+def _signed(v):
+    v &= 0xFFFFFFFFFFFFFFFF
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def undefined_error(elf, name):
+    return ResolveError(f"symbol lookup error: {elf.path}: undefined symbol: {name}")
+
+
+def object_fixups(ctx, k):
+    """FixupSet for process-scope entry k (a pooled object).  `ctx` has
+    entries, placed (per entry), source, imports, global_index, bind_now."""
+    entries = ctx.entries
+    elf, base, _ = entries[k]
+    placed = ctx.placed[k]
+    lay = placed.info.layout
+    image = ctx.source.image_bytes(placed)
+    origin = base + lay.lo
+    b = bind_entries(entries, k)
+    fs = FixupSet()
+    slots_done = set()
+    lazy_ok = not (ctx.bind_now or elf.bind_now)
+
+    def glibc_import(s, flags, weak):
+        name, ver = import_name(elf, s)
+        return ctx.imports.add(name, ver, flags | (pf.IMP_WEAK if weak else 0))
+
+    def same_or_abs(addr, value, width):
+        if load(image, addr - origin, width) == value & (0xFFFFFFFFFFFFFFFF if width == 8 else 0xFFFFFFFF):
+            fs.counts["same"] += 1
+        elif width == 8:
+            fs.add(addr, pf.FIX_ABS64, addend=value)
+        else:
+            raise ElfError(elf.path, f"a 32-bit relocation at {addr - base:#x} differs from the pool "
+                                     "image in this process; not supported")
+
+    for r in range(b.count):
+        t = b.rtype[r]
+        addr = b.addr[r]
+        a = b.addend[r]
+        tgt = b.target[r]
+        s = b.symidx[r]
+        weak = bool(b.flags[r] & F_WEAKREF)
+        if t == R_NONE or t == R_RELATIVE:
+            fs.counts["same"] += 1               # the image has the same load bias
+            continue
+        if t == R_IRELATIVE:
+            fs.add(addr, pf.FIX_IRELATIVE, addend=base + a)
+            continue
+        if tgt == T_UNDEF:
+            if t == R_JUMP_SLOT and lazy_ok:
+                # ld.so would only fail at the first call
+                fs.add(addr, pf.FIX_ABS64, addend=0)
+                continue
+            raise undefined_error(elf, elf.symbol(s).name)
+        glibc = tgt >= 0 and entries[tgt][2]
+        if t == R_COPY:
+            if glibc:
+                fs.add(addr, pf.FIX_COPY, glibc_import(s, 0, False), b.symsize[r])
+            elif tgt >= 0:
+                fs.add(addr, pf.FIX_COPY, pf.NONE, b.symsize[r], b.value[r])
+            continue
+        if t in _TLS:
+            if tgt == T_WEAK_UNDEF:
+                same_or_abs(addr, 0, 8)
+                continue
+            off = b.value[r] + a
+            if glibc:
+                if t != R_TPOFF64:
+                    raise ElfError(elf.path, f"TLS relocation type {t} against glibc's "
+                                             f"{elf.symbol(s).name} is not supported")
+                fs.add(addr, pf.FIX_GLIBC_TPOFF, glibc_import(s, pf.IMP_TLS, weak), a)
+                continue
+            g = ctx.global_index[tgt]
+            if t == R_DTPMOD64:
+                fs.add(addr, pf.FIX_DTPMOD, g)
+            elif t == R_DTPOFF64:
+                same_or_abs(addr, off, 8)
+            elif t == R_TPOFF64:
+                fs.add(addr, pf.FIX_TPOFF, g, off)
+            else:
+                fs.add(addr, pf.FIX_TLSDESC, g, off, width=16)
+            continue
+        if glibc:
+            if t not in _SYMFIX:
+                sv = static_value(entries, b, r)     # SIZE32/64
+                same_or_abs(addr, sv[0], sv[1])
+                continue
+            if t == R_JUMP_SLOT:
+                stub = placed.info.stubs.get(import_name(elf, s))
+                if stub is not None and load(image, addr - origin, 8) == lay.stub_addr(base, stub[0]):
+                    if stub[0] not in slots_done:
+                        slots_done.add(stub[0])
+                        fs.add(stub[1], pf.FIX_SYM64, glibc_import(s, pf.IMP_FUNC, weak))
+                        fs.counts["SYM64"] -= 1
+                        fs.counts["slot"] += 1
+                    fs.counts["stub"] += 1
+                    continue
+            if t == R_PC64:
+                raise ElfError(elf.path, "R_X86_64_PC64 against a glibc symbol is not supported")
+            func = t == R_JUMP_SLOT or bool(b.flags[r] & F_IFUNC)
+            add = 0 if t in (R_GLOB_DAT, R_JUMP_SLOT) else a
+            fs.add(addr, _SYMFIX[t], glibc_import(s, pf.IMP_FUNC if func else 0, weak), add,
+                   width=8 if _SYMFIX[t] == pf.FIX_SYM64 else 4)
+            continue
+        if tgt >= 0 and b.flags[r] & F_IFUNC and t in (R_64, R_GLOB_DAT, R_JUMP_SLOT):
+            # a pooled IFUNC: the resolver runs in the process
+            fs.add(addr, pf.FIX_IRELATIVE, addend=b.value[r])
+            continue
+        sv = static_value(entries, b, r)
+        if sv is None:
+            raise ElfError(elf.path, f"relocation type {t} at {addr - base:#x} cannot be planned")
+        same_or_abs(addr, sv[0], sv[1])
+    fs.counts["same"] += len(b.relr)
+    fs.nrelocs = b.count + len(b.relr)
+    return fs

@@ -1,0 +1,236 @@
+"""Pool image of one object: its identity (`image_key`), what lies where in
+its reserved range (`layout`), and the bytes the pool keeps for it
+(`build_image`): the memory image at one load bias, pre-relocated once
+against the object's canonical scope, followed by its glibc stubs.
+
+Range of an object placed at load bias B (all page aligned):
+
+    B+lo ........ B+hi   the PT_LOAD span, as ld.so would map it
+    B+hi ........        stub pages: `jmp *slot(%rip)` per JUMP_SLOT import
+    ..... map_end        slot pages: the stubs' targets, per process (anon)
+
+The pool stores the span and the stub pages (`pool_size` bytes); slot pages
+exist only in each process.  Stubs are laid out for every symbol a
+JUMP_SLOT names, whatever it binds to, so the size of an image is known
+before anything is resolved (an allocator needs it before building).
+
+ImageSource protocol (implemented by host_broker over the shared pool and
+by loader.localpool over a private file):
+
+    source.place(loaded_object) -> PlacedImage
+        ensure the image of `loaded_object` (a resolve.LoadedObject, or
+        anything with .elf and .path) exists, building first the images of
+        its canonical scope; return where it lives.  Same file content =>
+        same PlacedImage for the whole life of the source.
+    source.image_bytes(placed) -> memoryview
+        the image's pool bytes (read-only, len == placed.size).
+    source.pool_size, source.pool_path
+        size of the pool the PlacedImage offsets refer to, and a path (or
+        None) a launcher in debug mode can map it from.
+"""
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+
+from loader.elf import (DT, PF_R, PF_W, PF_X, PT_GNU_RELRO, PT_NOTE)
+
+PAGE = 4096
+STUB_SIZE = 8          # ff 25 disp32 (jmp *disp32(%rip)), then two int3
+SLOT_SIZE = 8
+R_X86_64_JUMP_SLOT = 7
+NT_GNU_BUILD_ID = 3
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+
+
+def page_down(x):
+    return x & ~(PAGE - 1)
+
+
+def page_up(x):
+    return (x + PAGE - 1) & ~(PAGE - 1)
+
+
+def prot_of(p_flags):
+    return ((PROT_READ if p_flags & PF_R else 0) | (PROT_WRITE if p_flags & PF_W else 0)
+            | (PROT_EXEC if p_flags & PF_X else 0))
+
+
+# ------------------------------------------------------------------ identity
+def build_id(elf):
+    """The NT_GNU_BUILD_ID note as hex, or ''."""
+    for seg in elf.segments:
+        if seg.type != PT_NOTE:
+            continue
+        off, end = seg.offset, min(seg.offset + seg.filesz, elf.size)
+        while off + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", elf.buf, off)
+            name_end = off + 12 + ((namesz + 3) & ~3)
+            desc_end = name_end + ((descsz + 3) & ~3)
+            if desc_end > end:
+                break
+            if ntype == NT_GNU_BUILD_ID and bytes(elf.buf[off + 12:off + 12 + namesz]) == b"GNU\0":
+                return bytes(elf.buf[name_end:name_end + descsz]).hex()
+            off = desc_end
+    return ""
+
+
+_key_cache = {}
+
+
+def image_key(elf):
+    """Identity of an image: SHA-256 of the file's bytes, plus its build-id.
+    Identical files at different paths share one key; hashing is cached per
+    (device, inode, size) for the life of the process."""
+    st = os.stat(elf.path)
+    ck = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _key_cache.get(ck)
+    if key is None:
+        h = hashlib.sha256(elf.buf).hexdigest()
+        bid = build_id(elf)
+        key = h + ("-" + bid if bid else "")
+        _key_cache[ck] = key
+    return key
+
+
+# ------------------------------------------------------------------ layout
+def jump_slot_symbols(elf):
+    """Dynamic symbol indices named by JUMP_SLOT relocations, sorted, unique:
+    one stub each."""
+    jr = elf.jmprel
+    if DT["PLTREL"] in elf.dyn and elf.dyn[DT["PLTREL"]] != DT["RELA"]:
+        return []
+    out = set()
+    info = jr[1::3]
+    for x in info:
+        if x & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and x >> 32:
+            out.add(x >> 32)
+    return sorted(out)
+
+
+@dataclass
+class ImageLayout:
+    lo: int                 # page_down(lowest PT_LOAD vaddr)
+    hi: int                 # page_up(end of the highest PT_LOAD)
+    stub_syms: list         # dynamic symbol index per stub, in stub order
+    stub_off: int           # offset of the stub pages from lo
+    stub_size: int
+    slot_off: int           # offset of the slot pages from lo
+    slot_size: int
+
+    @property
+    def span(self):
+        return self.hi - self.lo
+
+    @property
+    def pool_size(self):
+        """Bytes the pool keeps: the span and the stub pages."""
+        return self.stub_off + self.stub_size
+
+    @property
+    def map_size(self):
+        """Bytes of address space the object occupies in a process."""
+        return self.slot_off + self.slot_size
+
+    def stub_addr(self, base, i):
+        return base + self.lo + self.stub_off + STUB_SIZE * i
+
+    def slot_addr(self, base, i):
+        return base + self.lo + self.slot_off + SLOT_SIZE * i
+
+
+def layout(elf):
+    lo = page_down(min(s.vaddr for s in elf.loads))
+    hi = page_up(max(s.vaddr + s.memsz for s in elf.loads))
+    syms = jump_slot_symbols(elf)
+    stub_size = page_up(len(syms) * STUB_SIZE)
+    slot_size = page_up(len(syms) * SLOT_SIZE)
+    span = hi - lo
+    return ImageLayout(lo, hi, syms, span, stub_size, span + stub_size, slot_size)
+
+
+# ------------------------------------------------------------------ image
+@dataclass
+class ImageInfo:
+    """What a plan needs to know about a built image besides its bytes."""
+    key: str
+    path: str
+    base: int                       # load bias the image was relocated for
+    layout: ImageLayout
+    # import (name, version or None) -> (stub index, slot address), for
+    # JUMP_SLOT imports the canonical scope binds into glibc's family
+    stubs: dict = field(default_factory=dict)
+    # page indices (from base+lo) of the span that are expected to stay
+    # shareable in a process whose scope binds like the canonical one
+    shared_pages: frozenset = frozenset()
+    nrelocs: int = 0                # relocations seen (relative included)
+
+
+@dataclass
+class PlacedImage:
+    key: str
+    base: int          # load bias
+    pool_off: int      # pool offset of the image's first byte (address base+lo)
+    size: int          # pool bytes (span + stub pages)
+    info: ImageInfo
+
+    @property
+    def map_start(self):
+        return self.base + self.info.layout.lo
+
+    @property
+    def map_end(self):
+        return self.map_start + self.info.layout.map_size
+
+
+def write_memory_image(elf, lay, out):
+    """The PT_LOAD segments as ld.so maps them, into a zero-filled buffer:
+    whole file pages (so headers and trailing bytes read the same), then
+    zeros from the end of file data to the page end where there is bss."""
+    for s in elf.loads:
+        if not s.filesz:
+            continue
+        start = page_down(s.vaddr)
+        foff = s.offset - (s.vaddr - start)
+        end = page_up(s.vaddr + s.filesz)
+        n = min(end - start, elf.size - foff)
+        out[start - lay.lo:start - lay.lo + n] = elf.buf[foff:foff + n]
+        if s.memsz > s.filesz:
+            z0 = s.vaddr + s.filesz - lay.lo
+            z1 = min(end - lay.lo, s.vaddr + s.memsz - lay.lo)
+            if z1 > z0:
+                out[z0:z1] = bytes(z1 - z0)
+
+
+def write_stubs(lay, base, out, used):
+    """One `jmp *slot(%rip)` per stub index in `used` (int3 elsewhere
+    would be nicer, but the pages are zero: 00 00 is `add %al,(%rax)` and
+    faults on the null slot page anyway)."""
+    for i in used:
+        at = lay.stub_off + STUB_SIZE * i
+        disp = lay.slot_addr(base, i) - (lay.stub_addr(base, i) + 6)
+        out[at:at + STUB_SIZE] = b"\xff\x25" + struct.pack("<i", disp) + b"\xcc\xcc"
+
+
+def relro_range(elf, base):
+    r = elf.segment(PT_GNU_RELRO)
+    if r is None:
+        return 0, 0
+    return base + page_down(r.vaddr), base + page_down(r.vaddr + r.memsz)
+
+
+def build_image(elf, base, canonical_scope, out_buffer, key=None):
+    """Write the image of `elf` for load bias `base` into `out_buffer`
+    (zero-filled, layout(elf).pool_size bytes) and pre-relocate it against
+    `canonical_scope` (scope entry 0 is `elf` itself)."""
+    from loader import prerelocate
+    lay = layout(elf)
+    out = memoryview(out_buffer).cast("B")
+    if len(out) < lay.pool_size:
+        raise ValueError(f"image buffer too small for {elf.path}: {len(out)} < {lay.pool_size}")
+    write_memory_image(elf, lay, out)
+    info = ImageInfo(key or image_key(elf), elf.path, base, lay)
+    prerelocate.prerelocate(elf, base, lay, canonical_scope, out, info)
+    write_stubs(lay, base, out, [i for i, _ in info.stubs.values()])
+    return info

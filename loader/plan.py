@@ -1,0 +1,228 @@
+"""The plan of one program (_native/launcher/plan.h): where each pooled
+object lives, how each of its pages is mapped, the per-process fixups,
+TLS, the glibc family to dlopen and the order of initialisers.
+
+    build_plan(resolution, source, ...) -> bytes
+    plan_stats(plan) -> per-object page counts (shared / private / anon)
+    explain(plan) -> text for humans (`python -m loader.plan PROG --explain`)
+
+Conventions the launcher relies on (beyond plan.h):
+  * objects are the non-glibc objects of the resolution, in load order;
+    global index = first_index + position;
+  * init lists the libraries (never the main program, whose DT_INIT and
+    init arrays __libc_start_main runs) in the order glibc runs them;
+    finalisers run in the reverse order, the main program's first;
+  * a slot page is ANON, read-write: its SYM64 fixups fill the stubs' slots;
+  * TLS: tls_tpoff is carved from the launcher's static reserve, the main
+    program's block first (it ends at the thread pointer); tls_modid is
+    1 + global index;
+  * fixups of one object are listed together; within an object in
+    relocation order (COPY after the objects it copies from have been
+    fixed, since objects are fixed in reverse load order).
+"""
+from types import SimpleNamespace
+
+from loader import planformat as pf
+from loader.elf import DT, DF_1_NODELETE, PT_DYNAMIC, PT_GNU_EH_FRAME, PT_PHDR, PT_TLS
+from loader.errors import ResolveError
+from loader.fixups import FixupSet, Imports, object_fixups
+from loader.image import PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, page_down, page_up, relro_range
+from loader.initorder import init_order
+from loader.segments import object_segments
+
+
+def _missing_error(resolution):
+    m = resolution.missing[0]
+    name = m if isinstance(m, str) else getattr(m, "name", None) or (m[0] if isinstance(m, tuple) else str(m))
+    return ResolveError(f"error while loading shared libraries: {name}: "
+                        "cannot open shared object file: No such file or directory")
+
+
+def _phdr_addr(elf, base):
+    p = elf.segment(PT_PHDR)
+    if p is not None:
+        return base + p.vaddr
+    for s in elf.loads:
+        if s.offset <= elf.e_phoff < s.offset + s.filesz:
+            return base + s.vaddr + (elf.e_phoff - s.offset)
+    return 0
+
+
+def _array(elf, base, tag, sztag):
+    a = elf.dyn.get(DT[tag])
+    if a is None:
+        return 0, 0
+    return base + a, elf.dyn.get(DT[sztag], 0) // 8
+
+
+def assign_tls(objs, pooled, start=0):
+    """{entry index: (tpoff, align)} with glibc's _dl_determine_tlsoffset
+    (TLS variant II) over the pooled objects in load order, from `start`
+    bytes already used; and the resulting (size, max align)."""
+    offset, maxalign, out = start, 1, {}
+    for k in pooled:
+        tls = objs[k].elf.segment(PT_TLS)
+        if tls is None or tls.memsz == 0 and tls.filesz == 0:
+            continue
+        align = max(tls.align, 1)
+        firstbyte = (-tls.vaddr) & (align - 1)
+        off = -(-(offset + tls.memsz - firstbyte) // align) * align + firstbyte
+        out[k] = -off
+        offset = off
+        maxalign = max(maxalign, align)
+    return out, offset, maxalign
+
+
+def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, lease=0,
+               static_tls_used=0, with_stats=False):
+    objs = resolution.objects
+    if resolution.missing:
+        raise _missing_error(resolution)
+    data = pf.PlanData(first_index=first_index, lease=lease, pool_size=source.pool_size)
+    strings = data.strings
+    entries, placed, gindex, pooled = [], {}, {}, []
+    for k, o in enumerate(objs):
+        if o.is_glibc:
+            entries.append((o.elf, 0, True))
+            continue
+        p = source.place(o)
+        placed[k] = p
+        gindex[k] = first_index + len(pooled)
+        pooled.append(k)
+        entries.append((o.elf, p.base, False))
+    ctx = SimpleNamespace(entries=entries, placed=placed, source=source, global_index=gindex,
+                          imports=Imports(strings), bind_now=bind_now)
+    tls, tls_size, tls_align = assign_tls(objs, pooled, static_tls_used)
+    data.static_tls_size, data.static_tls_align = tls_size, tls_align
+    counts = {}
+    for k in pooled:
+        o, p = objs[k], placed[k]
+        elf, base = o.elf, p.base
+        fs = object_fixups(ctx, k)
+        counts[gindex[k]] = fs
+        segs = object_segments(elf, p, fs.pages)
+        rec = {"l_addr": base, "map_start": p.map_start, "map_end": p.map_end,
+               "phdr": _phdr_addr(elf, base), "phnum": elf.e_phnum,
+               "seg_first": len(data.segments), "seg_count": len(segs),
+               "fix_first": len(data.fixups), "fix_count": len(fs.fixes)}
+        data.segments += segs
+        data.fixups += fs.fixes
+        dyn = elf.segment(PT_DYNAMIC)
+        rec["l_ld"] = base + dyn.vaddr if dyn is not None else 0
+        kind = getattr(o, "kind", "main" if k == 0 else "needed")
+        flags = 0
+        if kind == "main":
+            flags |= pf.OBJ_MAIN
+            data.main_obj = gindex[k]
+            rec["entry"] = base + elf.e_entry
+            rec["name"] = strings.add("")
+        else:
+            rec["name"] = strings.add(o.path)
+        if kind == "preload":
+            flags |= pf.OBJ_PRELOAD
+        if elf.flags_1 & DF_1_NODELETE:
+            flags |= pf.OBJ_NODELETE
+        if elf.bind_now or bind_now:
+            flags |= pf.OBJ_BIND_NOW
+        rec["flags"] = flags
+        rec["path"] = strings.add(o.path)
+        rec["init"] = base + elf.dyn[DT["INIT"]] if DT["INIT"] in elf.dyn else 0
+        rec["fini"] = base + elf.dyn[DT["FINI"]] if DT["FINI"] in elf.dyn else 0
+        rec["preinit_array"], rec["preinit_count"] = _array(elf, base, "PREINIT_ARRAY", "PREINIT_ARRAYSZ")
+        rec["init_array"], rec["init_count"] = _array(elf, base, "INIT_ARRAY", "INIT_ARRAYSZ")
+        rec["fini_array"], rec["fini_count"] = _array(elf, base, "FINI_ARRAY", "FINI_ARRAYSZ")
+        t = elf.segment(PT_TLS)
+        if k in tls:
+            rec.update(tls_image=base + t.vaddr, tls_filesz=t.filesz, tls_memsz=t.memsz,
+                       tls_align=max(t.align, 1), tls_tpoff=tls[k], tls_modid=1 + gindex[k])
+        rec["relro_start"], rec["relro_end"] = relro_range(elf, base)
+        eh = elf.segment(PT_GNU_EH_FRAME)
+        rec["eh_frame_hdr"] = base + eh.vaddr if eh is not None else 0
+        data.objects.append(rec)
+    data.imports = ctx.imports.rows
+    main = objs[0] if objs and getattr(objs[0], "kind", "main") == "main" else None
+    data.init = [gindex[k] for k in (o.index if o.index >= 0 else objs.index(o) for o in init_order(objs))
+                 if k in gindex and objs[k] is not main]
+    data.glibc = [strings.add(o.soname or o.path.rsplit("/", 1)[-1]) for o in objs
+                  if o.is_glibc and not (o.soname or "").startswith("ld-linux")]
+    blob = pf.pack(data)
+    return (blob, counts) if with_stats else blob
+
+
+def plan_stats(plan):
+    """[{index, path, shared, private, anon, fixups}] pages per object, and totals."""
+    p = pf.unpack(plan) if isinstance(plan, (bytes, bytearray, memoryview)) else plan
+    rows = []
+    for i, o in enumerate(p.objects):
+        c = {"index": p.hdr["first_index"] + i, "path": p.string(o["path"]),
+             "shared": 0, "private": 0, "anon": 0, "fixups": o["fix_count"]}
+        for addr, length, off, prot, kind in p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]:
+            if prot or kind != pf.SEG_ANON:
+                c[pf.SEG_NAMES[kind]] += length // PAGE
+        rows.append(c)
+    total = {k: sum(r[k] for r in rows) for k in ("shared", "private", "anon", "fixups")}
+    return rows, total
+
+
+def explain(plan):
+    p = pf.unpack(plan)
+    h = p.hdr
+    out = [f"plan: {h['nobj']} objects, {h['nseg']} segments, {h['nfix']} fixups, "
+           f"{h['nimport']} imports, static TLS {h['static_tls_size']} bytes (align {h['static_tls_align']}), "
+           f"pool {h['pool_size']:#x}, first_index {h['first_index']}",
+           "glibc: " + " ".join(p.string(g) for g in p.glibc),
+           "init: " + " ".join(str(i) for i in p.init)]
+    rows, total = plan_stats(p)
+    for i, o in enumerate(p.objects):
+        r = rows[i]
+        out.append(f"[{r['index']}] {p.string(o['path'])}  l_addr={o['l_addr']:#x} "
+                   f"range={o['map_start']:#x}-{o['map_end']:#x} pages shared={r['shared']} "
+                   f"private={r['private']} anon={r['anon']} fixups={o['fix_count']}"
+                   + (f" tls(tpoff={o['tls_tpoff']}, modid={o['tls_modid']})" if o["tls_modid"] else ""))
+        for addr, length, off, prot, kind in p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]:
+            pr = ("r" if prot & PROT_READ else "-") + ("w" if prot & PROT_WRITE else "-") + ("x" if prot & PROT_EXEC else "-")
+            out.append(f"    {addr:#x}-{addr + length:#x} {pr} {pf.SEG_NAMES[kind]}"
+                       + (f" pool+{off:#x}" if kind != pf.SEG_ANON else ""))
+    for i, (name, ver, flags, _) in enumerate(p.imports):
+        out.append(f"  import {i}: {p.string(name)}" + (f"@{p.string(ver)}" if ver != pf.NONE else "")
+                   + (" weak" if flags & pf.IMP_WEAK else "") + (" func" if flags & pf.IMP_FUNC else "")
+                   + (" tls" if flags & pf.IMP_TLS else ""))
+    out.append(f"total pages: shared={total['shared']} private={total['private']} anon={total['anon']}")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    """Debug entry point: `python -m loader.plan PROG -o PLAN --pool-file FILE`
+    writes a plan and the private pool it refers to, for
+    `ldpool-exec --plan PLAN --pool FILE PROG ARGS...`."""
+    import argparse
+    import os
+    import sys
+    from loader.errors import LdpoolError
+    ap = argparse.ArgumentParser(prog="python -m loader.plan", description=main.__doc__.split("\n")[0])
+    ap.add_argument("program")
+    ap.add_argument("-o", "--output", help="plan file to write")
+    ap.add_argument("--pool-file", help="pool file to create (e.g. /dev/shm/ldpool-debug)")
+    ap.add_argument("--pool-size", type=lambda s: int(s, 0), default=1 << 30)
+    ap.add_argument("--explain", action="store_true", help="print the plan")
+    args = ap.parse_args(argv)
+    from loader.localpool import LocalPool
+    from loader.resolve import resolve_program
+    try:
+        res = resolve_program(args.program, env=dict(os.environ), cwd=os.getcwd())
+        with LocalPool(args.pool_file, size=args.pool_size) as pool:
+            blob = build_plan(res, pool, argv0=args.program,
+                              bind_now=bool(os.environ.get("LD_BIND_NOW")))
+        if args.output:
+            with open(args.output, "wb") as f:
+                f.write(blob)
+        if args.explain or not args.output:
+            print(explain(blob))
+    except LdpoolError as e:
+        print(f"ldpool: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

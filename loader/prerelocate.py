@@ -1,0 +1,137 @@
+"""Mode 1: relocate a pool image in place, once, against its canonical
+scope.  What is the same in every process is written; what is not (values
+in glibc, TLS, IFUNC results, COPY) is left for the plan's per-process
+fixups, and the pages it lands on are not expected to stay shareable.
+
+JUMP_SLOTs that bind into glibc's family get the address of the object's
+stub for that import, so the GOT holds no per-process address either.
+"""
+import struct
+
+from loader.elf import PF_W, PT_GNU_RELRO
+from loader.errors import ElfError
+
+R_NONE, R_64, R_PC32, R_32, R_COPY, R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 0, 1, 2, 10, 5, 6, 7, 8
+R_32S, R_DTPMOD64, R_DTPOFF64, R_TPOFF64, R_PC64 = 11, 16, 17, 18, 24
+R_SIZE32, R_SIZE64, R_TLSDESC, R_IRELATIVE = 32, 33, 36, 37
+F_IFUNC, F_TLS, F_WEAKREF = 4, 8, 16
+T_NOSYM, T_WEAK_UNDEF, T_UNDEF = -1, -2, -3
+
+_Q = struct.Struct("<Q")
+_I = struct.Struct("<I")
+
+
+def scope_entries(scope):
+    """[(elf, l_addr, is_glibc)] of a loader.scope.Scope or a plain list."""
+    return list(getattr(scope, "entries", scope))
+
+
+def bind_entries(entries, obj):
+    """Bindings (in _native.reloc.bind's shape) of entries[obj]'s
+    relocations in the scope `entries`."""
+    try:
+        from _native import reloc
+        from loader.scope import Scope
+    except ImportError:
+        from loader import refbind
+        return refbind.bind_like_engine(entries, obj)
+    return reloc.bind(Scope(entries), obj)
+
+
+def static_value(entries, b, r):
+    """(value, width) a relocation stores in every process whose scope
+    binds like this one, or None when it is only known in the process."""
+    t = b.rtype[r]
+    a = b.addend[r]
+    tgt = b.target[r]
+    if t == R_RELATIVE:
+        return b.l_addr + a, 8
+    if t == R_SIZE64 or t == R_SIZE32:
+        return b.symsize[r] + a, (8 if t == R_SIZE64 else 4)
+    if tgt == T_UNDEF or t in (R_COPY, R_IRELATIVE, R_DTPMOD64, R_TPOFF64, R_TLSDESC):
+        return None
+    if tgt >= 0 and (entries[tgt][2] or b.flags[r] & F_IFUNC):
+        return None
+    s = b.value[r]                       # 0 for an undefined weak symbol
+    if t == R_DTPOFF64:
+        return s + a, 8
+    if t == R_GLOB_DAT or t == R_JUMP_SLOT:
+        return s, 8
+    if t == R_64:
+        return s + a, 8
+    if t == R_PC64:
+        return s + a - b.addr[r], 8
+    if t == R_PC32:
+        return s + a - b.addr[r], 4
+    if t == R_32 or t == R_32S:
+        return s + a, 4
+    return None
+
+
+def store(out, at, value, width, path):
+    if width == 8:
+        _Q.pack_into(out, at, value & 0xFFFFFFFFFFFFFFFF)
+    else:
+        if not -(1 << 31) <= value < (1 << 32):
+            raise ElfError(path, f"relocation at offset {at:#x} overflows 32 bits")
+        _I.pack_into(out, at, value & 0xFFFFFFFF)
+
+
+def load(out, at, width):
+    return (_Q if width == 8 else _I).unpack_from(out, at)[0]
+
+
+def shareable_candidates(elf, lay):
+    """Span page indices that hold no run-time writes by design: read-only
+    segments and RELRO."""
+    pages = set()
+    for s in elf.loads:
+        if not s.flags & PF_W and s.filesz:
+            lo = ((s.vaddr & ~4095) - lay.lo) >> 12
+            hi = (((s.vaddr + s.filesz + 4095) & ~4095) - lay.lo) >> 12
+            pages.update(range(lo, hi))
+    relro = elf.segment(PT_GNU_RELRO)
+    if relro is not None:
+        lo = ((relro.vaddr & ~4095) - lay.lo) >> 12
+        hi = (((relro.vaddr + relro.memsz) & ~4095) - lay.lo) >> 12
+        pages.update(range(lo, hi))
+    return pages
+
+
+def prerelocate(elf, base, lay, scope, out, info):
+    """Relocate image bytes `out` (starting at address base+lay.lo) in place;
+    fill info.stubs, info.shared_pages and info.nrelocs."""
+    from loader.imports import import_name
+    entries = scope_entries(scope)
+    b = bind_entries(entries, 0)
+    origin = base + lay.lo
+    dirty = set()
+    stub_index = {s: i for i, s in enumerate(lay.stub_syms)}
+    for r in range(b.count):
+        t = b.rtype[r]
+        if t == R_NONE:
+            continue
+        at = b.addr[r] - origin
+        if not 0 <= at <= lay.span - 8:
+            raise ElfError(elf.path, f"relocation at {b.addr[r] - base:#x} outside the object")
+        tgt = b.target[r]
+        if t == R_JUMP_SLOT and tgt >= 0 and entries[tgt][2]:
+            s = b.symidx[r]
+            i = stub_index[s]
+            store(out, at, lay.stub_addr(base, i), 8, elf.path)
+            info.stubs[import_name(elf, s)] = (i, lay.slot_addr(base, i))
+            continue
+        sv = static_value(entries, b, r)
+        if sv is None:
+            dirty.add(at >> 12)
+            dirty.add((at + 15) >> 12)
+            continue
+        store(out, at, sv[0], sv[1], elf.path)
+    for addr in b.relr:
+        at = addr - origin
+        if not 0 <= at <= lay.span - 8:
+            raise ElfError(elf.path, f"RELR address {addr - base:#x} outside the object")
+        _Q.pack_into(out, at, (_Q.unpack_from(out, at)[0] + base) & 0xFFFFFFFFFFFFFFFF)
+    info.nrelocs = b.count + len(b.relr)
+    info.shared_pages = frozenset(shareable_candidates(elf, lay) - dirty)
+    return b
