@@ -1,0 +1,106 @@
+"""Helpers for the relocation-engine tests: resolve a program (through
+loader.resolve, or `ld.so --list` while that is not available), find where a
+live process mapped its objects, read its memory, build file images."""
+import os
+import subprocess
+from types import SimpleNamespace
+
+from loader.elf import ElfFile
+
+RTLD = "/lib64/ld-linux-x86-64.so.2"
+_GLIBC = ("ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 "
+          "libresolv.so.2 libmvec.so.1 libutil.so.1 libanl.so.1").split()
+
+
+def _glibc(soname):
+    return bool(soname) and (soname in _GLIBC or soname.startswith("libnss_"))
+
+
+def resolve(prog, preload=None, env=None):
+    """Objects of `prog` in load order: .objects with .elf .path .name .is_glibc."""
+    try:
+        from loader.resolve import resolve_program
+        return resolve_program(prog, env=env, preload=preload)
+    except ImportError:
+        pass
+    e = dict(os.environ if env is None else env)
+    if preload:
+        e["LD_PRELOAD"] = ":".join(preload)
+    out = subprocess.run([RTLD, "--list", prog], capture_output=True, text=True, env=e, check=True).stdout
+    paths = [prog]
+    for line in out.splitlines():
+        line = line.strip()
+        if "=>" in line:
+            p = line.split("=>")[1].split("(")[0].strip()
+            if p:
+                paths.append(p)
+        elif line.startswith("/"):
+            paths.append(line.split()[0])
+    objs = []
+    for i, p in enumerate(paths):
+        elf = ElfFile(p)
+        objs.append(SimpleNamespace(elf=elf, path=p, name=p, index=i, soname=elf.soname,
+                                    is_glibc=i > 0 and _glibc(elf.soname)))
+    return SimpleNamespace(objects=objs, missing=[])
+
+
+def live_l_addrs(pid, objects):
+    """Load bias of each object in process `pid`, from /proc/PID/maps."""
+    lowest = {}
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 6:
+                continue
+            start = int(parts[0].split("-")[0], 16)
+            ino = int(parts[4])
+            if ino and ino not in lowest or (ino and start < lowest[ino][0]):
+                lowest[ino] = (start, int(parts[2], 16))
+    out = []
+    for o in objects:
+        start, off = lowest[o.elf.st_ino]
+        first = min(s.vaddr for s in o.elf.loads) & ~0xFFF
+        assert off == 0
+        out.append(start - first)
+    return out
+
+
+def read_mem(pid, start, size):
+    """Bytes [start, start+size) of the process; unreadable pages stay zero."""
+    buf = bytearray(size)
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+        for page in range(0, size, 4096):
+            n = min(4096, size - page)
+            try:
+                f.seek(start + page)
+                chunk = f.read(n)
+            except OSError:
+                continue
+            buf[page:page + len(chunk)] = chunk
+    return buf
+
+
+def file_image(elf, l_addr):
+    """(image, image_addr): the object's memory image as the file gives it."""
+    lo = min(s.vaddr for s in elf.loads) & ~0xFFF
+    hi = max(s.vaddr + s.memsz for s in elf.loads)
+    img = bytearray(hi - lo)
+    for s in elf.loads:
+        img[s.vaddr - lo:s.vaddr - lo + s.filesz] = elf.buf[s.offset:s.offset + s.filesz]
+    return img, l_addr + lo
+
+
+def wait_mapped(pid, inodes, timeout=10.0):
+    """Wait until the process has mapped every inode (ld.so finished)."""
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                seen = {int(line.split()[4]) for line in f if len(line.split()) >= 6}
+        except OSError:
+            seen = set()
+        if inodes <= seen:
+            return True
+        time.sleep(0.02)
+    return False
