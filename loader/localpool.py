@@ -19,6 +19,9 @@ def canonical_deps(obj):
     """The object's own breadth-first dependency closure, resolved with an
     empty environment, without itself."""
     from loader import resolve
+    if getattr(obj, "kind", None) == "main":
+        # a program cannot be dlopen'ed: resolve it as the kernel starts it
+        return resolve.resolve_program(obj.path, env={}).objects[1:]
     return resolve.resolve_library(obj.path, env={}).objects[1:]
 
 
