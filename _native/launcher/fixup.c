@@ -223,9 +223,18 @@ int ldp_apply_fixups(struct ldp_plan *p, char *err, size_t errlen)
         for (uint32_t k = o->fix_first; k < end; k++)
             if (apply_one(p, k, &mv, &nmv, err, errlen) < 0) { free(mv); return -1; }
         /* IRELATIVE resolvers may read the object's own relocated data */
-        for (uint32_t k = o->fix_first; k < end; k++)
-            if (p->fix[k].type == LDP_FIX_IRELATIVE)
-                *(uint64_t *)p->fix[k].addr = ((uint64_t (*)(void))p->fix[k].addend)();
+        for (uint32_t k = o->fix_first; k < end; k++) {
+            const struct ldp_fix *f = &p->fix[k];
+            if (f->type != LDP_FIX_IRELATIVE) continue;
+            struct ldp_rt *r = ldp_find_addr((void *)f->addend);
+            if (!r || r->state < LDP_ST_MAPPED) {
+                snprintf(err, errlen, "%s: IFUNC resolver at %#lx is outside the pooled objects",
+                         ldp_str(p, o->path), f->addend);
+                free(mv);
+                return -1;
+            }
+            *(uint64_t *)f->addr = ((uint64_t (*)(void))f->addend)();
+        }
     }
     if (nmv) {
         struct repoint_ctx c = {mv, nmv};
