@@ -31,16 +31,16 @@ def run(ctx):
         out["available"] = True
         for label, no_aslr in (("ksm_aslr_on", False), ("ksm_aslr_off", True)):
             ctx.step(f"time to share: KSM, ASLR {'off' if no_aslr else 'on'}, {n} x {PROG}, {duration}s")
-            out["runs"][label] = _ksm_run(argv, n, duration, no_aslr)
-    out["runs"]["ldpool"] = _ldpool_run(ctx, argv, n, out["runs"])
+            out["runs"][label] = ksm_run(argv, n, duration, no_aslr)
+    out["runs"]["ldpool"] = ldpool_run(ctx, argv, n, out["runs"])
     return out
 
 
-def _private(pids):
+def private_kB(pids):
     return sum(measure.process_memory(p)[1]["objects_file"]["Private_Dirty"] for p in pids)
 
 
-def _ksm_run(argv, n, duration, no_aslr):
+def ksm_run(argv, n, duration, no_aslr):
     with ksm.Session(**SETTINGS) as s:
         with runners.Clients(argv, n, ksm_merge=True, no_aslr=no_aslr) as c:
             if not c.ready:
@@ -50,13 +50,13 @@ def _ksm_run(argv, n, duration, no_aslr):
             cpu0 = ksm.ksmd_cpu_seconds()
             base = ksm.counters()
             t0 = time.monotonic()
-            d0 = _private(c.pids)
+            d0 = private_kB(c.pids)
             samples = []
             for i in range(duration + 1):
                 while time.monotonic() < t0 + i:
                     time.sleep(0.05)
                 cnt = ksm.counters()
-                d = _private(c.pids)
+                d = private_kB(c.pids)
                 samples.append({
                     "t": round(time.monotonic() - t0, 2),
                     "pages_sharing": cnt.get("pages_sharing", 0) - base.get("pages_sharing", 0),
@@ -81,7 +81,7 @@ def _first(samples, pct):
     return None
 
 
-def _ldpool_run(ctx, argv, n, ksm_runs):
+def ldpool_run(ctx, argv, n, ksm_runs):
     """ldpool's point: measured once, at t = 0, against the same clients
     under plain ld.so in this run (the KSM run's starting figure, or a fresh
     one when KSM is not available)."""
@@ -91,7 +91,7 @@ def _ldpool_run(ctx, argv, n, ksm_runs):
     ref = ksm_runs.get("ksm_aslr_on", {}).get("initial_private_kB")
     if not ref:
         with runners.Clients(argv, n) as c:
-            ref = _private(c.pids) if c.ready else None
+            ref = private_kB(c.pids) if c.ready else None
     broker = ctx.broker
     cpu0 = _cpu(broker.proc.pid) if broker.proc else None
     with runners.Clients(argv, n, env=broker.env(), ldpool=True) as c:

@@ -28,22 +28,22 @@ def run(ctx):
         for n in ns:
             row = res["by_N"][str(n)] = {}
             ctx.step(f"memory: {n} x {prog} under ld.so")
-            row["ldso"] = _measure(argv, n)
+            row["ldso"] = measure_clients(argv, n)
             if ctx.ldpool_ok:
                 ctx.step(f"memory: {n} x {prog} through ldpool")
-                row["ldpool"] = _measure(argv, n, broker=ctx.broker)
+                row["ldpool"] = measure_clients(argv, n, broker=ctx.broker)
             else:
                 row["ldpool"] = {"available": False, "reason": ctx.ldpool_reason}
             if ksm_ok:
                 ctx.step(f"memory: {n} x {prog} under ld.so + KSM")
-                row["ldso_ksm"] = _measure_ksm(argv, n, ksm_cap)
+                row["ldso_ksm"] = measure_clients_ksm(argv, n, ksm_cap)
             else:
                 row["ldso_ksm"] = {"available": False, "reason": out["ksm"]["reason"]}
     out["acceptance"] = acceptance(out)
     return out
 
 
-def _measure(argv, n, broker=None):
+def measure_clients(argv, n, broker=None):
     env = broker.env() if broker else None
     with runners.Clients(argv, n, env=env, ldpool=broker is not None) as c:
         if not c.ready:
@@ -59,7 +59,7 @@ def _measure(argv, n, broker=None):
         return {"available": True, "per_process_kB": mean, "per_object_kB": _top(per_obj)}
 
 
-def _measure_ksm(argv, n, cap):
+def measure_clients_ksm(argv, n, cap):
     """KSM's steady state, as favourable to it as we can make it: a fast
     scan rate, and we wait for three full scans after the clients went idle
     and at least cap/2 seconds (at most `cap`)."""
