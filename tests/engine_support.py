@@ -104,3 +104,59 @@ def wait_mapped(pid, inodes, timeout=10.0):
             return True
         time.sleep(0.02)
     return False
+
+
+def tls_tables(b, live_img, image_addr, n):
+    """Module ids and TP offsets that explain this object's live TLS words
+    (ld.so's choice, which we cannot know ahead); one word per module."""
+    import array
+    modid = array.array("q", [0] * n)
+    tpoff = array.array("q", [0] * n)
+    for k in range(b.count):
+        t, ty = b.target[k], b.rtype[k]
+        if t < 0:
+            continue
+        word = int.from_bytes(live_img[b.addr[k] - image_addr:b.addr[k] - image_addr + 8], "little")
+        if ty == 16 and not modid[t]:
+            modid[t] = word
+        elif ty == 18 and not tpoff[t]:
+            tpoff[t] = (word - b.value[k] - b.addend[k] + 2**63) % 2**64 - 2**63
+    return modid, tpoff
+
+
+def live_check(pid, scope, i, relro_only=False):
+    """Relocate object i from its file at its live address and compare every
+    relocated word with process `pid`.  Returns (checked, deferred,
+    mismatches: list of strings)."""
+    from _native import reloc
+    elf = scope.elf(i)
+    b = reloc.bind(scope, i)
+    img, image_addr = file_image(elf, scope.l_addr(i))
+    live_img = read_mem(pid, image_addr, len(img))
+    modid, tpoff = tls_tables(b, live_img, image_addr, len(scope))
+    deferred = set(reloc.apply(img, image_addr, b, tls_modid=modid, tls_tpoff=tpoff))
+    lo, hi = 0, len(img)
+    if relro_only:
+        seg = elf.segment(0x6474E552)
+        lo = scope.l_addr(i) + seg.vaddr - image_addr
+        hi = lo + seg.memsz
+    bad, checked = [], 0
+    for k in range(b.count):
+        off = b.addr[k] - image_addr
+        if k in deferred or b.rtype[k] == 0 or not lo <= off < hi:
+            continue
+        width = 4 if b.rtype[k] in (2, 10, 11, 32) else 16 if b.rtype[k] == 36 else 8
+        checked += 1
+        if img[off:off + width] != live_img[off:off + width]:
+            bad.append(f"{elf.path}: reloc {k} type {b.rtype[k]} at {b.addr[k]:#x}: ours "
+                       f"{bytes(img[off:off + width]).hex()} live {bytes(live_img[off:off + width]).hex()}")
+    for a in b.relr:
+        off = a - image_addr
+        if lo <= off < hi:
+            checked += 1
+            if img[off:off + 8] != live_img[off:off + 8]:
+                bad.append(f"{elf.path}: RELR word at {a:#x}")
+    for k in deferred:
+        if not (b.rtype[k] in (5, 37) or b.flags[k] & reloc.F_IFUNC):
+            bad.append(f"{elf.path}: reloc {k} type {b.rtype[k]} deferred without reason")
+    return checked, len(deferred), bad
