@@ -229,6 +229,9 @@ def build_image(elf, base, canonical_scope, out_buffer, key=None):
     out = memoryview(out_buffer).cast("B")
     if len(out) < lay.pool_size:
         raise ValueError(f"image buffer too small for {elf.path}: {len(out)} < {lay.pool_size}")
+    entries = list(getattr(canonical_scope, "entries", canonical_scope))
+    if not entries or entries[0][0] is not elf or entries[0][1] != base:
+        raise ValueError(f"canonical scope of {elf.path} must start with the object at its base")
     write_memory_image(elf, lay, out)
     info = ImageInfo(key or image_key(elf), elf.path, base, lay)
     prerelocate.prerelocate(elf, base, lay, canonical_scope, out, info)
