@@ -45,13 +45,6 @@ class Acquirer:
     def __init__(self, store, log=print):
         self.store, self.log = store, log
         self.cache = collections.OrderedDict()
-        try:
-            from loader import plan, resolve   # noqa: F401  (the plan engineer's API)
-            self.mode = "plan"
-        except ImportError:
-            self.mode = "raw"
-            log("loader.plan is not available: serving raw (unrelocated) images and empty plans")
-            store.builder, store.deps_of = raw_build, lambda obj: []
 
     # --- programs ---------------------------------------------------------
     def cached_program(self, req):
@@ -103,19 +96,18 @@ class Acquirer:
             return False
 
     def _build_program(self, path, argv0, cwd, env, preload):
-        if self.mode == "raw":
-            return self._raw_program(path)
         from loader import plan, resolve
         res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
         if res.missing:
             raise ResolveError(f"{path}: cannot find {', '.join(map(str, res.missing))}")
         blob = plan.build_plan(res, self.store, argv0=argv0)
+        params = (path, argv0, cwd, env, preload)
         pooled = [o for o in res.objects if not o.is_glibc]
         keys = [self.store.place(o).key for o in pooled]
         # a changed ld.so.cache may resolve differently
         files = [(p, _stat_id(p)) for p in [o.path for o in pooled] + ["/etc/ld.so.cache"]
                  if os.path.exists(p)]
-        return Acquisition(blob, keys, res, files)
+        return Acquisition(blob, keys, params, files)
 
     # --- dlopen -----------------------------------------------------------
     def library(self, lease, req):
@@ -125,72 +117,35 @@ class Acquirer:
         requester = req.text("requester", "")
         flags = req.int("flags", 0)
         first = len(lease.keys)
-        if self.mode == "raw":
-            from host_broker.images import open_object
-            obj = open_object(name if "/" in name else _raw_find(name))
-            placed = self.store.place(obj)
-            if placed.key in lease.keys:
-                return Acquisition(empty_plan(self.store.pool_size, first), [])
-            return Acquisition(empty_plan(self.store.pool_size, first, [placed]), [placed.key])
         from loader import plan, resolve
-        if lease.context is None:
+        ctx = lease.context
+        if ctx is None:
             raise BrokerError("this lease was reclaimed after a broker restart; "
                               "dlopen through it is not supported")
-        new = resolve.resolve_dlopen(lease.context, name, requester)
-        blob = plan.build_plan(new, self.store, first_index=first)
-        added = [o for o in getattr(new, "added", new.objects) if not o.is_glibc]
-        keys = [self.store.place(o).key for o in added]
-        return Acquisition(blob, keys, new)
-
-
-# --- until loader.plan exists: raw images, empty plans -------------------------
-GLIBC = ("libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so", "libresolv.so",
-         "libmvec.so", "libutil.so", "libanl.so", "libnss_", "ld-linux")
-DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib", "/usr/lib")
+        res = ctx.get("res")
+        if res is None:
+            # the cached resolution is shared by every lease of the program:
+            # dlopen extends a private one
+            path, _argv0, cwd, env, preload = ctx["params"]
+            res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
+            ctx["res"] = res
+        req_obj = next((o for o in res.objects if requester and o.path == requester), None)
+        new = resolve.resolve_dlopen(res, name, req_obj)
+        pooled = [o for o in new if not o.is_glibc]
+        if not pooled:
+            return Acquisition(empty_plan(self.store.pool_size, first), [])
+        build = getattr(plan, "build_dlopen_plan", None)
+        if build is None:
+            raise BrokerError("dlopen plans are not available in this build (loader.plan.build_dlopen_plan)")
+        blob = build(res, new, self.store, first_index=first)
+        return Acquisition(blob, [self.store.place(o).key for o in pooled])
 
 
 def empty_plan(pool_size, first_index=0, placed=()):
-    """A plan with only object ranges (no segments): enough for the broker's
-    own tests, not for a launcher."""
+    """A plan with object ranges only (no segments, fixups or imports): the
+    answer to a dlopen of something the lease already holds."""
     objs = b"".join(struct.pack("<QQQ", p.base, p.map_start, p.map_end) + bytes(216 - 24)
                     for p in placed)
     end = HDR_SIZE + len(objs)
     return HDR.pack(b"LDPPLAN1", 1, HDR_SIZE, len(placed), 0, 0, 0, 0, 0xFFFFFFFF, 0, first_index,
                     HDR_SIZE, *([end] * 6), 0, 0, 0, pool_size, 0) + objs
-
-
-def _raw_find(name):
-    for d in DIRS:
-        p = os.path.join(d, name)
-        if os.path.exists(p):
-            return p
-    raise ResolveError(f"cannot find {name}")
-
-
-def raw_build(elf, base, scope, out, key=None):
-    from loader import image as limage
-    lay = limage.layout(elf)
-    limage.write_memory_image(elf, lay, out)
-    return limage.ImageInfo(key or limage.image_key(elf), elf.path, base, lay)
-
-
-def _raw_program(self, path):
-    from host_broker.images import open_object
-    objs, seen, queue = [], set(), [path]
-    while queue:
-        p = queue.pop(0)
-        obj = open_object(p)
-        if obj.path in seen:
-            continue
-        seen.add(obj.path)
-        objs.append(obj)
-        for n in obj.elf.needed:
-            if not n.startswith(GLIBC):
-                queue.append(n if "/" in n else _raw_find(n))
-    placed = [self.store.place(o) for o in objs]
-    files = [(o.path, _stat_id(o.path)) for o in objs]
-    return Acquisition(empty_plan(self.store.pool_size, 0, placed), [p.key for p in placed],
-                       None, files)
-
-
-Acquirer._raw_program = _raw_program

@@ -13,6 +13,8 @@ import os
 from loader import image as limage
 from loader.elf import ElfFile
 
+ET_EXEC = 2
+
 PAGE = 4096
 
 
@@ -37,10 +39,9 @@ class ImageRecord:
 
 def canonical_deps(obj):
     """The object's own breadth-first dependency closure, resolved with an
-    empty environment (loader.resolve), without itself."""
-    from loader import resolve
-    res = resolve.resolve_library(obj.path, env={})
-    return [o for o in res.objects[1:]]
+    empty environment, without itself (the same rule as loader.localpool)."""
+    from loader.localpool import canonical_deps as deps
+    return deps(obj)
 
 
 class ImageStore:
@@ -74,23 +75,42 @@ class ImageStore:
             return self._building[key]
         rec = self.images.get(key)
         if rec is not None:
-            if rec.state == "quarantined":
-                from loader.errors import BrokerError
-                raise BrokerError(f"image of {obj.path} failed verification this epoch; restart the broker")
-            return rec.placed
+            if rec.state != "quarantined":
+                return rec.placed
+            self._set_aside(rec)
         return self._build(obj, elf, key).placed
+
+    def _set_aside(self, rec):
+        """A quarantined image keeps its space for the epoch (processes may
+        map it) under another name, so that its key can be built afresh."""
+        n = 1
+        while f"{rec.key}#q{n}" in self.images:
+            n += 1
+        new = f"{rec.key}#q{n}"
+        del self.images[rec.key]
+        self._starts.remove((rec.map_start, rec.key))
+        for d in (self.refs.refs, self.refs.pins, self.refs.idle_since):
+            if rec.key in d:
+                d[new] = d.pop(rec.key)
+        rec.key = new
+        self.images[new] = rec
+        bisect.insort(self._starts, (rec.map_start, new))
 
     # --- building ---------------------------------------------------------
     def _build(self, obj, elf, key):
         lay = limage.layout(elf)
-        align = max([PAGE] + [s.align for s in elf.loads if s.align])
-        skew = lay.lo % align
-        extent_va = self.placements.alloc(lay.map_size + skew, align)
-        base = extent_va + skew - lay.lo
+        if elf.e_type == ET_EXEC:
+            # fixed addresses, outside the window: only ever one per process
+            extent_va, base = None, 0
+        else:
+            align = max([PAGE] + [s.align for s in elf.loads if s.align])
+            skew = lay.lo % align
+            extent_va = self.placements.alloc(lay.map_size + skew, align)
+            base = extent_va + skew - lay.lo
         try:
             pool_off = self.pool.alloc(lay.pool_size)
         except BaseException:
-            self.placements.free(extent_va)
+            self._free_va(extent_va)
             raise
         # placed before its scope is built: a dependency cycle (libA needs
         # libB needs libA) relocates against this placement, bytes to come
@@ -110,7 +130,7 @@ class ImageStore:
             info = self.builder(elf, base, scope, out, key=key)
         except BaseException:
             self.pool.free(pool_off)
-            self.placements.free(extent_va)
+            self._free_va(extent_va)
             raise
         finally:
             del self._building[key]
@@ -130,10 +150,14 @@ class ImageStore:
 
     def lookup_addr(self, addr):
         i = bisect.bisect_right(self._starts, (addr, "\uffff")) - 1
-        if i >= 0:
+        # fixed-address (ET_EXEC) programs may overlap each other: look back
+        while i >= 0:
             rec = self.images[self._starts[i][1]]
             if rec.map_start <= addr < rec.map_end:
                 return rec
+            if rec.extent_va is not None:
+                return None
+            i -= 1
         return None
 
     def evict(self, key):
@@ -141,8 +165,12 @@ class ImageStore:
         self._starts.remove((rec.map_start, key))
         self.refs.untrack(key, rec.deps)
         self.pool.free(rec.placed.pool_off)
-        self.placements.free(rec.extent_va)
+        self._free_va(rec.extent_va)
         return rec
+
+    def _free_va(self, extent_va):
+        if extent_va is not None:
+            self.placements.free(extent_va)
 
     # --- journal --------------------------------------------------------
     def to_journal(self):
@@ -160,8 +188,8 @@ class ImageStore:
         may map it) but it is never handed out again."""
         bad = 0
         for e in entries:
-            span = e["map_end"] - e["extent_va"]
-            self.placements.reserve(e["extent_va"], span)
+            if e["extent_va"] is not None:
+                self.placements.reserve(e["extent_va"], e["map_end"] - e["extent_va"])
             self.pool.extents.reserve(e["pool_off"], e["size"])
             state = e.get("state", "live")
             try:

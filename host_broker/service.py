@@ -126,7 +126,8 @@ class Broker:
             if not self._build_lock.locked():
                 for rec in self.state.sweep():
                     self.log(f"evicted {rec.path} ({rec.placed.size >> 10} KiB at {rec.map_start:#x})")
-            if self.clients:
+            # bare connections (liveness probes) do not keep the broker alive
+            if any(c.hello for c in list(self.clients.values())):
                 self._last_active = time.monotonic()
             elif self.idle_exit and time.monotonic() - self._last_active >= self.idle_exit:
                 self.log(f"idle for {self.idle_exit:g}s: exiting")
@@ -138,7 +139,6 @@ class Broker:
         client = Client(self._next_client, pid, uid, gid)
         self._next_client += 1
         self.clients[client.id] = client
-        self._last_active = time.monotonic()
         decoder = P.FrameDecoder()
         try:
             while True:
@@ -200,6 +200,7 @@ class Broker:
         if kind not in ("process", "guest"):
             raise P.ProtocolError(f"unknown client kind '{kind}'")
         client.kind, client.name, client.hello = kind, req.text("name", "")[:64], True
+        self._last_active = time.monotonic()
         self.log(f"client {client.id}: {kind} pid {client.pid} uid {client.uid} gid {client.gid}"
                  f"{' ' + client.name if client.name else ''}")
         st = self.state
@@ -223,7 +224,9 @@ class Broker:
             return None
 
     def _grant(self, client, acq):
-        lease = self.state.refs.new_lease(client.id, acq.keys, acq.context)
+        # a lease's own context: dlopen will extend its resolution
+        ctx = {"params": acq.context, "res": None} if acq.context is not None else None
+        lease = self.state.refs.new_lease(client.id, acq.keys, ctx)
         self._note_uid(client, acq.keys)
         return set_lease(acq.plan, lease.id)
 
@@ -246,8 +249,6 @@ class Broker:
             if lease.id not in self.state.refs.leases:
                 raise BrokerError(f"lease {lease.id} was released meanwhile")
             self.state.refs.extend(lease, acq.keys)
-            if acq.context is not None:
-                lease.context = acq.context
             self._note_uid(client, acq.keys)
             return set_lease(acq.plan, lease.id)
 

@@ -1,0 +1,95 @@
+"""A real broker process on a private socket and pool, for the broker tests."""
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+import posix_ipc
+
+from loader import client as C
+
+PROGRAMS = ["/usr/bin/xz", "/usr/bin/gzip", "/usr/bin/zstd", "/usr/bin/sqlite3"]
+
+
+class BrokerProc:
+    def __init__(self, directory, linger=120, pool_size="256M", extra=(), pool=None):
+        self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
+        self.socket = os.path.join(self.dir, "broker.sock")
+        self.pool = pool or f"/ldpool-test-{uuid.uuid4().hex[:12]}"
+        self.journal = os.path.join(self.dir, self.pool.strip("/") + ".journal")
+        self.logpath = os.path.join(self.dir, "broker.log")
+        self.args = ["ldpool", "broker", "--socket", self.socket, "--pool", self.pool,
+                     "--pool-size", pool_size, "--linger", str(linger), *extra]
+        self.proc = None
+
+    def start(self, timeout=60):
+        log = open(self.logpath, "ab")
+        # cwd elsewhere: `python -m` must not import the source tree in CI
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     cwd=self.dir)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited {self.proc.returncode}: {self.log()}")
+            if answering(self.socket):
+                return self
+            time.sleep(0.02)
+        raise AssertionError(f"broker did not answer within {timeout}s: {self.log()}")
+
+    def log(self):
+        with open(self.logpath, errors="replace") as f:
+            return f.read()
+
+    def connect(self, **kw):
+        return C.connect(self.socket, **kw)
+
+    def stats(self):
+        with self.connect(name="stats") as c:
+            return c.stats()
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def cleanup(self):
+        self.kill(signal.SIGTERM)
+        try:
+            posix_ipc.unlink_shared_memory(self.pool)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+def answering(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wait_for(pred, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def image_refs(stats):
+    return {im["key"]: im["refs"] for im in stats["images"]}
+
+
+def others(stats, me_name="stats"):
+    """Clients other than the stats connection itself."""
+    return [c for c in stats["clients"] if c["name"] != me_name]
