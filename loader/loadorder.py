@@ -199,7 +199,7 @@ class Loader:
         origin = sp.origin_of(path, ctx.cwd) if explicit else os.path.dirname(real)
         main = LoadedObject(name=path, path=path, elf=elf, soname=elf.soname,
                             is_glibc=is_glibc_soname(elf.soname), kind="main", origin=origin,
-                            names={""}, lname=path if explicit else "")
+                            names={""}, lname="")  # rtld.c blanks l_name even for `ld.so FILE`
         self.main = main
         self._register(main)
         interp = elf.interp or RTLD_PATH
@@ -278,7 +278,14 @@ class Loader:
         for i, o in enumerate(objects):
             o.index = i
         missing = [m for m in self.searchlist if not isinstance(m, LoadedObject)]
-        shown = self.searchlist[1:] if self.main is not None else self.searchlist
+        shown = self.searchlist[1:] if self.main is not None else list(self.searchlist)
+        if self.rtld is not None and self.rtld in objects:
+            # rtld.c takes ld.so out of the namespace list and puts it back
+            # after its predecessor in the search list, which has no entries
+            # for libraries not found (ldd's "not found" lines stay in place)
+            shown.remove(self.rtld)
+            prev = objects[objects.index(self.rtld) - 1]
+            shown.insert(0 if prev is self.main else shown.index(prev) + 1, self.rtld)
         listing = [(o.name, o) if isinstance(o, LoadedObject) else (o[0], None) for o in shown]
         self.resolution = Resolution(main=self.main or objects[0], objects=objects, missing=missing, interp=interp,
                                      listing=listing, warnings=self.warnings, state=self)
