@@ -47,7 +47,10 @@ def run(args):
                 if runners.resolve(argv) is None:
                     continue
                 status.update(f"memory: {args.clients} x {name} under ld.so and through ldpool")
-                rows_m.append(_memory(name, argv, broker, ok, args.clients))
+                row, note = _memory(name, argv, broker, ok, args.clients)
+                rows_m.append(row)
+                if note:
+                    notes.append(f"{name} through ldpool: {note}")
             ksm_line = _ksm(status, args, broker, ok)
         finally:
             broker.close()
@@ -95,15 +98,18 @@ def _mib(kb):
 def _memory(name, argv, broker, ok, n):
     with runners.Clients(argv, n) as c:
         if not c.ready:
-            return (name, "did not start", "", "", "")
+            return (name, "failed", "", "", ""), "under ld.so: " + c.failure()
         a, _ = measure.mean_memory(c.pids)
-    b = None
+    b = note = None
     if ok:
         with runners.Clients(argv, n, env=broker.env(), ldpool=True) as c:
             if c.ready:
                 b, _ = measure.mean_memory(c.pids, broker.ranges(), broker.pool_paths)
-    return (name, _mib(a["all"]["Pss"]), _mib(b["all"]["Pss"]) if b else "n/a",
-            _mib(a["objects"]["Private_Dirty"]), _mib(b["objects"]["Private_Dirty"]) if b else "n/a")
+            else:
+                note = c.failure()
+    row = (name, _mib(a["all"]["Pss"]), _mib(b["all"]["Pss"]) if b else "n/a",
+           _mib(a["objects"]["Private_Dirty"]), _mib(b["objects"]["Private_Dirty"]) if b else "n/a")
+    return row, note
 
 
 def _ksm(status, args, broker, ok):

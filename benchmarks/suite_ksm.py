@@ -44,7 +44,7 @@ def ksm_run(argv, n, duration, no_aslr):
     with ksm.Session(**SETTINGS) as s:
         with runners.Clients(argv, n, ksm_merge=True, no_aslr=no_aslr) as c:
             if not c.ready:
-                return {"available": False, "reason": "clients did not start"}
+                return {"available": False, "reason": c.failure()}
             if not all(ksm.process_merge_any(p) for p in c.pids):
                 return {"available": False, "reason": "prctl(PR_SET_MEMORY_MERGE) did not survive exec"}
             cpu0 = ksm.ksmd_cpu_seconds()
@@ -96,7 +96,7 @@ def ldpool_run(ctx, argv, n, ksm_runs):
     cpu0 = _cpu(broker.proc.pid) if broker.proc else None
     with runners.Clients(argv, n, env=broker.env(), ldpool=True) as c:
         if not c.ready:
-            return {"available": False, "reason": "clients did not start"}
+            return {"available": False, "reason": c.failure()}
         d = sum(measure.process_memory(p, broker.ranges(), broker.pool_paths)[1]["objects_file"]["Private_Dirty"]
                 for p in c.pids)
     cpu = (_cpu(broker.proc.pid) - cpu0) if cpu0 is not None and broker.proc else None

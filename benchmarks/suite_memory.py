@@ -47,7 +47,7 @@ def measure_clients(argv, n, broker=None):
     env = broker.env() if broker else None
     with runners.Clients(argv, n, env=env, ldpool=broker is not None) as c:
         if not c.ready:
-            return {"available": False, "reason": f"{n} clients did not all start and go idle"}
+            return {"available": False, "reason": c.failure()}
         pool_paths = broker.pool_paths if broker else ()
         if broker:
             on_pool = [measure.has_mapping(pid, lambda p: p in pool_paths or p.startswith("/dev/shm/ldpool"))
@@ -68,7 +68,7 @@ def measure_clients_ksm(argv, n, cap):
         cpu0 = ksm.ksmd_cpu_seconds()
         with runners.Clients(argv, n, ksm_merge=True) as c:
             if not c.ready:
-                return {"available": False, "reason": f"{n} clients did not all start and go idle"}
+                return {"available": False, "reason": c.failure()}
             if not all(ksm.process_merge_any(p) for p in c.pids):
                 return {"available": False, "reason": "prctl(PR_SET_MEMORY_MERGE) did not survive exec"}
             scans0 = ksm.counters().get("full_scans", 0)
@@ -113,7 +113,8 @@ def acceptance(mem):
         for key, group in (("private_dirty", "objects"), ("private_dirty_no_bss", "objects_file")):
             x, y = a["per_process_kB"][group]["Private_Dirty"], b["per_process_kB"][group]["Private_Dirty"]
             ent[key] = {"ldso_kB": x, "ldpool_kB": y, "ratio": (y / x) if x else None}
-        r = ent["private_dirty"]["ratio"]
-        ent["pass"] = r is not None and r <= ACCEPT_MAX
+        for key, verdict in (("private_dirty", "pass"), ("private_dirty_no_bss", "pass_no_bss")):
+            r = ent[key]["ratio"]
+            ent[verdict] = r is not None and r <= ACCEPT_MAX
         out["programs"][prog] = ent
     return out
