@@ -1,0 +1,293 @@
+"""Plans of real programs, checked three ways: (1) the binary layout against
+the C header the launcher compiles; (2) every relocation accounted for, by
+replaying the plan (pool image + fixups, imports resolved in this process)
+and comparing each relocated word with the engine relocating a fresh copy
+directly in this process's scope; (3) real runs: init order against
+LD_DEBUG=files, and `ldpool-exec --plan --pool` against native output."""
+import ctypes
+import os
+import re
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from loader import image as limage
+from loader import planformat as pf
+from loader import resolve
+from loader.errors import ResolveError
+from loader.localpool import LocalPool
+from loader.plan import build_plan, explain, plan_stats
+from loader.scope import Scope
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRAMS = ["/usr/bin/xz", "/usr/bin/curl", "/usr/bin/git", "/usr/bin/sqlite3"]
+RTLD_DEFAULT = ctypes.c_void_p(0)
+libc = ctypes.CDLL(None)
+libc.dlvsym.restype = libc.dlsym.restype = ctypes.c_void_p
+libc.dlvsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+libc.dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with LocalPool() as p:
+        yield p
+
+
+def _offsets(fmt, fields):
+    chars = re.findall(r"(\d*)([a-zA-Z])", fmt[1:])
+    flat = [c for n, c in chars for _ in range(int(n or 1))]
+    return {f: struct.calcsize("<" + "".join(flat[:i])) for i, f in enumerate(fields)}
+
+
+def test_format_matches_c_header(tmp_path):
+    src = tmp_path / "sizes.c"
+    fields = ["l_addr", "phnum", "fix_first", "entry", "tls_image", "tls_tpoff", "tls_modid",
+              "relro_start", "eh_frame_hdr"]
+    src.write_text('#include <stdio.h>\n#include <stddef.h>\n#include "plan.h"\nint main(void){\n'
+                   'printf("%zu %zu %zu %zu %zu\\n", sizeof(struct ldp_plan_hdr), sizeof(struct ldp_obj),'
+                   ' sizeof(struct ldp_seg), sizeof(struct ldp_fix), sizeof(struct ldp_import));\n'
+                   'printf("%zu %zu %zu\\n", offsetof(struct ldp_plan_hdr, first_index),'
+                   ' offsetof(struct ldp_plan_hdr, static_tls_size), offsetof(struct ldp_plan_hdr, lease));\n'
+                   + "".join(f'printf("%zu\\n", offsetof(struct ldp_obj, {f}));\n' for f in fields)
+                   + "return 0;}\n")
+    subprocess.run(["cc", "-I", os.path.join(REPO, "_native", "launcher"), "-o", tmp_path / "sizes", src],
+                   check=True)
+    out = subprocess.run([tmp_path / "sizes"], capture_output=True, text=True, check=True).stdout.split()
+    assert [int(x) for x in out[:5]] == [pf.HDR.size, pf.OBJ.size, pf.SEG.size, pf.FIX.size, pf.IMP.size]
+    assert [int(x) for x in out[5:8]] == [44, 112, 136]
+    offs = _offsets("<5Q2I2I2I2I3Q6Q4Qq2I3Q", pf.OBJ_FIELDS)
+    assert [int(x) for x in out[8:]] == [offs[f] for f in fields]
+
+
+def l_addr_here(soname):
+    """Load bias of a glibc-family object in this process."""
+    h = ctypes.CDLL(soname, mode=os.RTLD_NOLOAD | os.RTLD_NOW)._handle
+    lm = ctypes.c_void_p()
+    assert libc.dlinfo(ctypes.c_void_p(h), 2, ctypes.byref(lm)) == 0
+    return ctypes.c_uint64.from_address(lm.value).value
+
+
+def import_address(p, i):
+    name, ver, flags, _ = p.imports[i]
+    n = p.string(name).encode()
+    a = libc.dlvsym(RTLD_DEFAULT, n, p.string(ver).encode()) if ver != pf.NONE else libc.dlsym(RTLD_DEFAULT, n)
+    assert a or flags & pf.IMP_WEAK, p.string(name)
+    return a or 0
+
+
+class Memory:
+    """The plan replayed in Python: each object's pool image, then its fixups."""
+
+    def __init__(self, p, pool, placed):
+        self.p, self.objs = p, []
+        for o, pl in zip(p.objects, placed):
+            lay = pl.info.layout
+            mem = bytearray(pool.image_bytes(pl)) + bytearray(lay.slot_size)
+            self.objs.append((o["map_start"], mem))
+
+    def where(self, addr):
+        for start, mem in self.objs:
+            if start <= addr < start + len(mem):
+                return mem, addr - start
+        raise AssertionError(f"{addr:#x} outside every object")
+
+    def read(self, addr, n=8):
+        mem, off = self.where(addr)
+        return int.from_bytes(mem[off:off + n], "little")
+
+    def write(self, addr, value, n=8):
+        mem, off = self.where(addr)
+        mem[off:off + n] = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
+
+    def apply(self):
+        p = self.p
+        first = p.hdr["first_index"]
+        for o in reversed(p.objects):
+            for addr, t, sym, addend, aux in p.fixups[o["fix_first"]:o["fix_first"] + o["fix_count"]]:
+                if t == pf.FIX_ABS64:
+                    self.write(addr, addend)
+                elif t == pf.FIX_SYM64:
+                    self.write(addr, import_address(p, sym) + addend)
+                elif t == pf.FIX_TPOFF:
+                    self.write(addr, p.objects[sym - first]["tls_tpoff"] + addend)
+                elif t == pf.FIX_DTPMOD:
+                    self.write(addr, p.objects[sym - first]["tls_modid"])
+                elif t == pf.FIX_COPY:
+                    if sym == pf.NONE:
+                        data = self.read(aux, addend).to_bytes(addend, "little") if addend else b""
+                    else:
+                        data = ctypes.string_at(import_address(p, sym), addend)
+                    mem, off = self.where(addr)
+                    mem[off:off + addend] = data
+                else:
+                    raise AssertionError(f"fixup type {t} not expected in these programs")
+
+
+def replay_and_check(prog, pool):
+    res = resolve.resolve_program(prog, env={})
+    blob, counts = build_plan(res, pool, with_stats=True)
+    p = pf.unpack(blob)
+    text = explain(blob)
+    assert text.count("\n[") == len(p.objects) and "init:" in text
+    pooled = [o for o in res.objects if not o.is_glibc]
+    placed = [pool.place(o) for o in pooled]
+    assert len(p.objects) == len(pooled)
+    for so in (p.string(g) for g in p.glibc):
+        ctypes.CDLL(so, mode=os.RTLD_GLOBAL)
+    mem = Memory(p, pool, placed)
+    mem.apply()
+    from _native import reloc
+    entries, index = [], {}
+    for o in res.objects:
+        if o.is_glibc:
+            entries.append((o.elf, l_addr_here(o.soname or os.path.basename(o.path)), True))
+        else:
+            index[len(entries)] = len(index)
+            entries.append((o.elf, placed[len(index) - 1].base, False))
+    scope = Scope(entries)
+    checked = 0
+    for k, g in index.items():
+        o, pl = p.objects[g], placed[g]
+        lay = pl.info.layout
+        fs = counts[g]
+        # (a) every relocation is accounted for
+        assert sum(v for c, v in fs.counts.items() if c != "slot") == fs.nrelocs, (prog, dict(fs.counts))
+        # (b) the replayed words equal the engine's direct relocation here
+        b = reloc.bind(scope, k)
+        fresh = bytearray(lay.span)
+        limage.write_memory_image(entries[k][0], lay, fresh)
+        modid = ctypes.c_int64 * len(entries)
+        tls_modid = [0] * len(entries)
+        tls_tpoff = [0] * len(entries)
+        for kk, gg in index.items():
+            tls_modid[kk], tls_tpoff[kk] = p.objects[gg]["tls_modid"], p.objects[gg]["tls_tpoff"]
+        import array
+        deferred = set(reloc.apply(fresh, o["map_start"], b, None, array.array("q", tls_modid),
+                                   array.array("q", tls_tpoff)))
+        stub0 = o["map_start"] + lay.stub_off
+        for r in range(b.count):
+            if r in deferred or b.rtype[r] in (0, 5):
+                continue
+            n = 4 if b.rtype[r] in (2, 10, 11, 32) else 8
+            ours = mem.read(b.addr[r], n)
+            if n == 8 and stub0 <= ours < stub0 + lay.stub_size:
+                ours = mem.read(lay.slot_addr(pl.base, (ours - stub0) // limage.STUB_SIZE))
+            theirs = int.from_bytes(fresh[b.addr[r] - o["map_start"]:b.addr[r] - o["map_start"] + n], "little")
+            assert ours == theirs, (prog, o and p.string(o["path"]), hex(b.addr[r] - pl.base), b.rtype[r])
+            checked += 1
+        del modid
+    return p, checked
+
+
+@pytest.mark.parametrize("prog", PROGRAMS)
+def test_plan_replays_to_what_the_engine_computes(prog, pool):
+    p, checked = replay_and_check(prog, pool)
+    assert checked > 100
+    # segments: contiguous page-aligned cover of each range; shared ones read-only
+    for o in p.objects:
+        segs = p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]
+        assert segs[0][0] == o["map_start"] and segs[-1][0] + segs[-1][1] == o["map_end"]
+        for (a, n, off, prot, kind), nxt in zip(segs, segs[1:] + [None]):
+            assert a % 4096 == 0 and n % 4096 == 0 and n > 0
+            assert nxt is None or nxt[0] == a + n
+            if kind == pf.SEG_SHARED:
+                assert not prot & 2 and off + n <= p.hdr["pool_size"]
+        written = {f[0] & ~4095 for f in p.fixups[o["fix_first"]:o["fix_first"] + o["fix_count"]]}
+        for a, n, off, prot, kind in segs:
+            if kind == pf.SEG_SHARED:
+                assert not any(a <= w < a + n for w in written)
+    rows, total = plan_stats(p)
+    assert total["shared"] > total["private"]
+
+
+@pytest.mark.parametrize("prog,args", [("/usr/bin/curl", ["--version"]), ("/usr/bin/git", ["--version"]),
+                                       ("/usr/bin/python3", ["-c", "pass"])])
+def test_init_order_is_glibcs(prog, args, pool):
+    env = dict(os.environ, LD_DEBUG="files")
+    err = subprocess.run([prog, *args], capture_output=True, text=True, env=env, timeout=60).stderr
+    ran = [os.path.realpath(m) for m in re.findall(r"calling init: (\S+)", err)]
+    res = resolve.resolve_program(prog, env={})
+    initial = {os.path.realpath(o.path) for o in res.objects[1:] if not o.is_glibc}
+    expected = [x for x in ran if x in initial]     # later dlopens (curl's sasl plugins) left out
+    assert len(expected) == len(initial)
+    p = pf.unpack(build_plan(res, pool))
+    got = [os.path.realpath(p.string(p.objects[i]["path"])) for i in p.init]
+    assert got == expected
+
+
+def test_undefined_symbol_is_an_error(tmp_path, pool):
+    (tmp_path / "a.c").write_text("extern void missing_symbol_xyz(void); void a(void) { missing_symbol_xyz(); }\n")
+    (tmp_path / "m.c").write_text("void a(void); int main(void) { return 0; }\nvoid unused(void) { a(); }\n")
+    cc = ["cc", "-fPIC", "-O0"]
+    for now, name in ((True, "now"), (False, "lazy")):
+        d = tmp_path / name
+        d.mkdir()
+        flags = ["-Wl,-z,now"] if now else ["-Wl,-z,lazy"]
+        subprocess.run(cc + ["-shared", "-o", d / "liba.so", tmp_path / "a.c"] + flags, check=True)
+        subprocess.run(cc + ["-o", d / "exe", tmp_path / "m.c", "-L", d, "-la", "-Wl,-rpath," + str(d),
+                             "-Wl,--allow-shlib-undefined"] + flags, check=True)
+        res = resolve.resolve_program(str(d / "exe"), env={})
+        if now:
+            with pytest.raises(ResolveError, match=r"symbol lookup error: .*liba.so: undefined symbol: missing_symbol_xyz"):
+                build_plan(res, pool)
+            assert ResolveError.exit_code == 127
+        else:
+            build_plan(res, pool)       # ld.so would only fail at the call
+
+
+def test_tls_blocks(tmp_path, pool):
+    (tmp_path / "t.c").write_text(
+        "__thread int gd_var = 5;\n"
+        "__attribute__((tls_model(\"initial-exec\"))) __thread long ie_var[3] = {1, 2, 3};\n"
+        "int get_gd(void) { return gd_var; }\nlong get_ie(void) { return ie_var[1]; }\n")
+    (tmp_path / "m.c").write_text(
+        "extern __thread int gd_var; int get_gd(void); long get_ie(void);\n"
+        "__thread char own[100] = {7};\n"
+        "int main(void) { return own[0] + get_gd() + (int)get_ie() + gd_var; }\n")
+    subprocess.run(["cc", "-fPIC", "-shared", "-o", tmp_path / "libt.so", tmp_path / "t.c"], check=True)
+    subprocess.run(["cc", "-o", tmp_path / "exe", tmp_path / "m.c", "-L", tmp_path, "-lt",
+                    "-Wl,-rpath," + str(tmp_path)], check=True)
+    res = resolve.resolve_program(str(tmp_path / "exe"), env={})
+    p = pf.unpack(build_plan(res, pool))
+    main, lib = p.objects[0], p.objects[1]
+    assert main["tls_memsz"] == 100 and main["tls_tpoff"] == -((100 + main["tls_align"] - 1) // main["tls_align"] * main["tls_align"])
+    assert lib["tls_tpoff"] <= main["tls_tpoff"] - lib["tls_memsz"]
+    assert lib["tls_tpoff"] % lib["tls_align"] == 0
+    assert p.hdr["static_tls_size"] == -lib["tls_tpoff"]
+    assert lib["tls_modid"] and main["tls_modid"] and lib["tls_modid"] != main["tls_modid"]
+    kinds = {(f[1], f[2]) for f in p.fixups}
+    assert (pf.FIX_TPOFF, 1) in kinds          # the library's own initial-exec access
+    assert (pf.FIX_DTPMOD, 1) in kinds         # gd_var from the program and the library
+    assert subprocess.run([tmp_path / "exe"]).returncode == 7 + 5 + 2 + 5
+    assert via_launcher(tmp_path, [str(tmp_path / "exe")]).returncode == 7 + 5 + 2 + 5
+
+
+def via_launcher(tmp_path, argv, **kw):
+    """Run argv through `python -m loader.plan` + `ldpool-exec --plan --pool`."""
+    exe = shutil.which("ldpool-exec")
+    if exe is None:
+        pytest.fail("ldpool-exec is not on PATH: run tools/dev-build")
+    plan, poolf = tmp_path / "prog.plan", f"/dev/shm/ldpool-test-plan-{os.getpid()}"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    try:
+        subprocess.run(["python3", "-m", "loader.plan", argv[0], "-o", plan, "--pool-file", poolf],
+                       check=True, env=env, capture_output=True)
+        return subprocess.run([exe, "--plan", plan, "--pool", poolf] + argv, capture_output=True,
+                              timeout=60, **kw)
+    finally:
+        if os.path.exists(poolf):
+            os.unlink(poolf)
+
+
+def test_debug_entry_point_runs_xz(tmp_path):
+    """The contract with the launcher's debug mode: python -m loader.plan
+    writes plan + pool, ldpool-exec --plan --pool runs the program."""
+    data = os.urandom(1000) * 50
+    packed = via_launcher(tmp_path, ["/usr/bin/xz", "-c"], input=data)
+    assert packed.returncode == 0, packed.stderr
+    assert subprocess.run(["xz", "-dc"], input=packed.stdout, capture_output=True).stdout == data
+    st = via_launcher(tmp_path, ["/usr/bin/xz", "--bogus"])
+    assert st.returncode == subprocess.run(["xz", "--bogus"], capture_output=True).returncode == 1
