@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from engine_support import file_image, live_l_addrs, read_mem, resolve
+from engine_support import file_image, live_check, live_l_addrs, read_mem, resolve, tls_tables
 from loader.errors import LdpoolError
 from loader.scope import Scope
 from _native import reloc
@@ -41,67 +41,28 @@ def live():
         p.wait()
 
 
-def _tls_tables(b, live_img, image_addr, n):
-    """Module ids and TP offsets that explain the live words of this object."""
-    modid = array.array("q", [0] * n)
-    tpoff = array.array("q", [0] * n)
-    for k in range(b.count):
-        t, ty = b.target[k], b.rtype[k]
-        if t < 0:
-            continue
-        word = int.from_bytes(live_img[b.addr[k] - image_addr:b.addr[k] - image_addr + 8], "little")
-        if ty == 16 and not modid[t]:
-            modid[t] = word
-        elif ty == 18 and not tpoff[t]:
-            tpoff[t] = (word - b.value[k] - b.addend[k] + 2**63) % 2**64 - 2**63
-    return modid, tpoff
-
-
-def _relro(elf, image_addr, l_addr):
-    seg = elf.segment(0x6474E552)
-    return (l_addr + seg.vaddr - image_addr, l_addr + seg.vaddr + seg.memsz - image_addr)
-
-
 # libc's writable .data changes once the program runs (setlocale rewrites
 # its locale pointers), so for libc only the RELRO words are compared.
 @pytest.mark.parametrize("soname", LIBS + ["libc.so.6"])
 def test_apply_matches_live_process(live, soname):
     pid, objs, scope = live
-    i = next(o.index if hasattr(o, "index") else n for n, o in enumerate(objs) if o.elf.soname == soname)
-    elf = objs[i].elf
+    i = next(n for n, o in enumerate(objs) if o.elf.soname == soname)
     b = reloc.bind(scope, i)
     assert b.count > 0 and not b.undefined
-    img, image_addr = file_image(elf, scope.l_addr(i))
-    live_img = read_mem(pid, image_addr, len(img))
-    modid, tpoff = _tls_tables(b, live_img, image_addr, len(scope))
-    deferred = reloc.apply(img, image_addr, b, tls_modid=modid, tls_tpoff=tpoff)
-    skip = set(deferred)
-    # deferred: only what cannot be known ahead (IFUNC results, IRELATIVE, COPY)
-    for k in skip:
-        assert b.rtype[k] in (5, 37) or b.flags[k] & reloc.F_IFUNC, (k, b.rtype[k])
-    lo, hi = _relro(elf, image_addr, scope.l_addr(i)) if soname == "libc.so.6" else (0, len(img))
-    checked = bad = 0
-    for k in range(b.count):
-        off = b.addr[k] - image_addr
-        if k in skip or b.rtype[k] == 0 or not lo <= off < hi:
-            continue
-        width = 4 if b.rtype[k] in (2, 10, 11, 32) else 16 if b.rtype[k] == 36 else 8
-        checked += 1
-        if img[off:off + width] != live_img[off:off + width]:
-            bad += 1
-            if bad < 5:
-                print(f"{soname}: reloc {k} type {b.rtype[k]} at {b.addr[k]:#x}: "
-                      f"ours {bytes(img[off:off + width]).hex()} live {bytes(live_img[off:off + width]).hex()}")
-    relr = [a - image_addr for a in b.relr if lo <= a - image_addr < hi]
-    relr_bad = sum(img[o:o + 8] != live_img[o:o + 8] for o in relr)
-    print(f"{soname}: {checked} relocations and {len(relr)} RELR words equal ld.so's "
-          f"({len(skip)} deferred), mismatches {bad}+{relr_bad}")
+    checked, deferred, bad = live_check(pid, scope, i, relro_only=soname == "libc.so.6")
+    print(f"{soname}: {checked} relocated words equal ld.so's ({deferred} deferred), mismatches {len(bad)}")
+    assert bad == []
     assert checked > (0.5 if soname == "libc.so.6" else 0.9) * b.count
-    assert bad == 0 and relr_bad == 0
-    # mode 2 against the live image: nothing differs
+    # mode 2 against the live image: nothing in it differs from our values
+    img, image_addr = file_image(scope.elf(i), scope.l_addr(i))
+    live_img = read_mem(pid, image_addr, len(img))
+    modid, tpoff = tls_tables(b, live_img, image_addr, len(scope))
     differ, values, deferred2 = reloc.compare(live_img, image_addr, b, tls_modid=modid, tls_tpoff=tpoff)
-    assert not [k for k in differ if lo <= b.addr[k] - image_addr < hi]
-    assert list(deferred2) == list(deferred)
+    if soname == "libc.so.6":
+        seg = scope.elf(i).segment(0x6474E552)
+        lo = scope.l_addr(i) + seg.vaddr
+        differ = [k for k in differ if lo <= b.addr[k] < lo + seg.memsz]
+    assert len(differ) == 0 and len(deferred2) == deferred
 
 
 def test_compare_finds_interposition(live):
