@@ -19,7 +19,7 @@ LD_SO_CACHE = "/etc/ld.so.cache"
 
 OLD_MAGIC = b"ld.so-1.7.0"
 NEW_MAGIC = b"glibc-ld.so.cache1.1"
-_OLD_HDR = struct.Struct("<11sI")            # magic, nlibs (then 12-byte entries)
+_OLD_HDR = struct.Struct("<11sxI")           # magic, pad, nlibs (then 12-byte entries)
 _OLD_ENTRY = struct.Struct("<iII")           # flags, key, value
 _NEW_HDR = struct.Struct("<20sIIB3sI12s")    # magic+version, nlibs, len_strings, flags, pad, ext offset, unused
 _NEW_ENTRY = struct.Struct("<iIIIQ")         # flags, key, value, osversion, hwcap
