@@ -141,7 +141,14 @@ def _relocation(res, plt):
                label="ldpool pre-relocation (cold acquire)", color="tab:green")
     else:
         _na(ax, "ldpool: not available")
-    ax.set_xticks(list(x), libs, fontsize=8)
+    eng = {l: e for l, e in r.get("engine", {}).items() if e.get("available")}
+    if eng:
+        base = len(libs)
+        ax.bar([base + i for i in range(len(eng))], [e["relocs_per_s"] / 1e6 for e in eng.values()], 0.4,
+               label="ldpool engine alone (bind + apply)", color="tab:olive")
+        libs = libs + [l.split(".so")[0] + " (engine)" for l in eng]
+        x = range(len(libs))
+    ax.set_xticks(list(x), libs, fontsize=7, rotation=15)
     ax.set_ylabel("million relocations / s")
     ax.legend(fontsize=8)
     ax.set_title("Relocation throughput")

@@ -218,6 +218,20 @@ def _reloc(r):
         lps = f"{lp['relocs_per_s'] / 1e6:.2f} M/s ({lp['build_s'] * 1e3:.0f} ms)" if lp.get("available") else f"{NA}: {_why(lp.get('reason'))}"
         L.append(f"| {lib} | {e['relocations']} | {e['ldso']['relocs_per_s'] / 1e6:.1f} M/s "
                  f"({e['ldso']['reloc_s'] * 1e3:.1f} ms) | {lps} | {_x(e.get('ratio_throughput'))} |")
+        bn = e.get("ldso_bind_now")
+        if bn:
+            L.append(f"| {lib}, LD_BIND_NOW=1 | {bn['relocations']} | {bn['relocs_per_s'] / 1e6:.1f} M/s "
+                     f"({bn['reloc_s'] * 1e3:.1f} ms) | | |")
+    if r.get("engine"):
+        L += ["", "The engine alone (`_native.reloc`: bind every relocation against the library's canonical "
+              "scope, then apply them to its image), in this process, scope built beforehand:", "",
+              "| library | relocations | bind + apply | throughput |", "|---|---:|---:|---:|"]
+        for lib, e in r["engine"].items():
+            if e.get("available"):
+                L.append(f"| {lib} | {e['relocations']} | {e['bind_apply_s'] * 1e3:.1f} ms | "
+                         f"{e['relocs_per_s'] / 1e6:.1f} M/s |")
+            else:
+                L.append(f"| {lib} | {NA}: {e.get('reason')} | | |")
     return L + [""]
 
 
