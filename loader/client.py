@@ -132,7 +132,7 @@ class Connection:
                     ensure_broker(self.socket_path)
                 self._open()
                 break
-            except OSError:
+            except (OSError, BrokerError):
                 if time.monotonic() > deadline:
                     raise BrokerError(f"no broker answers on {self.socket_path}") from None
                 time.sleep(0.05)
