@@ -77,7 +77,7 @@ def object_fixups(ctx, k):
     lay = placed.info.layout
     image = ctx.source.image_bytes(placed)
     origin = base + lay.lo
-    b = bind_entries(entries, k)
+    b = bind_entries(ctx.scope, k)
     fs = FixupSet()
     slots_done = set()
     lazy_ok = not (ctx.bind_now or elf.bind_now)

@@ -11,10 +11,11 @@ _dl_init then calls initialisers from the back of that list.
 """
 
 
-def init_order(objects):
+def init_order(objects, force_first=True):
     """`objects` in load order (main first), each with .deps (loaded
     objects per DT_NEEDED, None for missing ones).  Returns the objects in
-    the order their initialisers run: dependencies first, main last."""
+    the order their initialisers run: dependencies first, main last.
+    force_first=False for a dlopen'ed root (it takes part in the sort)."""
     if not objects:
         return []
     main = objects[0]
@@ -28,7 +29,7 @@ def init_order(objects):
         while stack:
             node, it = stack[-1]
             for dep in it:
-                if dep is None or id(dep) in visited or dep is main:
+                if dep is None or id(dep) in visited or (force_first and dep is main):
                     continue
                 visited.add(id(dep))
                 stack.append((dep, iter(dep.deps)))
@@ -40,7 +41,7 @@ def init_order(objects):
     for obj in reversed(objects):
         if id(obj) not in visited:
             dfs(obj)
-    if finished[-1] is not main:        # force_first
+    if force_first and finished[-1] is not main:
         finished.remove(main)
         finished.append(main)
     return finished

@@ -23,8 +23,9 @@ Conventions the launcher relies on (beyond plan.h):
 from types import SimpleNamespace
 
 from loader import planformat as pf
-from loader.elf import DT, DF_1_NODELETE, PT_DYNAMIC, PT_GNU_EH_FRAME, PT_PHDR, PT_TLS
-from loader.errors import ResolveError
+from loader.elf import DT, DF_1_NODELETE, DF_STATIC_TLS, PT_DYNAMIC, PT_GNU_EH_FRAME, PT_PHDR, PT_TLS
+from loader.errors import LdpoolError, ResolveError
+from loader.scope import Scope
 from loader.fixups import FixupSet, Imports, object_fixups
 from loader.image import PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, page_down, page_up, relro_range
 from loader.initorder import init_order
@@ -73,27 +74,91 @@ def assign_tls(objs, pooled, start=0):
     return out, offset, maxalign
 
 
-def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, lease=0,
-               static_tls_used=0, with_stats=False):
-    objs = resolution.objects
-    if resolution.missing:
-        raise _missing_error(resolution)
-    data = pf.PlanData(first_index=first_index, lease=lease, pool_size=source.pool_size)
-    strings = data.strings
-    entries, placed, gindex, pooled = [], {}, {}, []
+def _placements(objs, source, first_index, planned):
+    """Scope entries of every object, placements of the pooled ones and
+    their global indices (load order among pooled objects; the `planned`
+    ones numbered from first_index)."""
+    entries, placed, gindex = [], {}, {}
+    old = [k for k, o in enumerate(objs) if not o.is_glibc and k not in planned]
     for k, o in enumerate(objs):
         if o.is_glibc:
             entries.append((o.elf, 0, True))
             continue
         p = source.place(o)
         placed[k] = p
-        gindex[k] = first_index + len(pooled)
-        pooled.append(k)
         entries.append((o.elf, p.base, False))
-    ctx = SimpleNamespace(entries=entries, placed=placed, source=source, global_index=gindex,
-                          imports=Imports(strings), bind_now=bind_now)
+    for i, k in enumerate(old):
+        gindex[k] = i
+    for i, k in enumerate(k for k in sorted(planned) if not objs[k].is_glibc):
+        gindex[k] = first_index + i
+    return entries, placed, gindex
+
+
+def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, lease=0,
+               static_tls_used=0, with_stats=False):
+    """The plan of a program: every object of `resolution` (a
+    loader.resolve.Resolution, main program first)."""
+    objs = resolution.objects
+    if resolution.missing:
+        raise _missing_error(resolution)
+    planned = set(range(len(objs)))
+    entries, placed, gindex = _placements(objs, source, first_index, planned)
+    pooled = [k for k in range(len(objs)) if k in placed]
     tls, tls_size, tls_align = assign_tls(objs, pooled, static_tls_used)
-    data.static_tls_size, data.static_tls_align = tls_size, tls_align
+    order = [o.index if o.index >= 0 else objs.index(o) for o in init_order(objs)]
+    main = 0 if objs and getattr(objs[0], "kind", "main") == "main" else None
+    init = [k for k in order if k in placed and k != main]
+    glibc = [k for k, o in enumerate(objs) if o.is_glibc]
+    return _assemble(objs, source, Scope(entries), entries, placed, gindex, pooled, tls,
+                     (tls_size, tls_align), init, glibc, first_index, bind_now, lease, with_stats)
+
+
+def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, lease=0,
+                      with_stats=False):
+    """The plan of a dlopen: `new` are the objects resolve_dlopen added to
+    `resolution` (already appended to resolution.objects), the root first.
+    They are relocated as glibc does: global scope (the objects loaded
+    before), then the root's own breadth-first dependency list.  Their TLS
+    is dynamic only (tls_tpoff 0, tls_modid set); objects that need static
+    TLS cannot be dlopen'ed through the pool yet."""
+    objs = resolution.objects
+    if not new:
+        return _assemble(objs, source, None, [], {}, {}, [], {}, (0, 1), [], [], first_index,
+                         bind_now, lease, with_stats)
+    pos = {id(o): k for k, o in enumerate(objs)}
+    planned = {pos[id(o)] for o in new}
+    entries, placed, gindex = _placements(objs, source, first_index, planned)
+    root = new[0]
+    local, seen = [], set()
+    queue = [root]
+    while queue:                                  # the root's l_searchlist
+        o = queue.pop(0)
+        if o is None or id(o) in seen:
+            continue
+        seen.add(id(o))
+        local.append(pos[id(o)])
+        queue.extend(o.deps)
+    n_global = min(planned)
+    scope = Scope(entries, global_count=n_global, local_scopes={k: local for k in planned})
+    pooled = [k for k in sorted(planned) if k in placed]
+    for k in pooled:
+        if objs[k].elf.flags & DF_STATIC_TLS:
+            raise LdpoolError(f"{objs[k].path}: needs static TLS; dlopen of it through the pool "
+                              "is not supported")
+    order = [pos[id(o)] for o in init_order([objs[k] for k in local], force_first=False)]
+    init = [k for k in order if k in planned and k in placed]
+    glibc = [k for k in sorted(planned) if objs[k].is_glibc]
+    return _assemble(objs, source, scope, entries, placed, gindex, pooled, {}, (0, 1), init, glibc,
+                     first_index, bind_now, lease, with_stats, dynamic_tls=True)
+
+
+def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_total, init, glibc,
+              first_index, bind_now, lease, with_stats, dynamic_tls=False):
+    data = pf.PlanData(first_index=first_index, lease=lease, pool_size=source.pool_size)
+    strings = data.strings
+    ctx = SimpleNamespace(entries=entries, scope=scope, placed=placed, source=source,
+                          global_index=gindex, imports=Imports(strings), bind_now=bind_now)
+    data.static_tls_size, data.static_tls_align = tls_total
     counts = {}
     for k in pooled:
         o, p = objs[k], placed[k]
@@ -132,19 +197,17 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
         rec["init_array"], rec["init_count"] = _array(elf, base, "INIT_ARRAY", "INIT_ARRAYSZ")
         rec["fini_array"], rec["fini_count"] = _array(elf, base, "FINI_ARRAY", "FINI_ARRAYSZ")
         t = elf.segment(PT_TLS)
-        if k in tls:
+        if k in tls or (dynamic_tls and t is not None and (t.memsz or t.filesz)):
             rec.update(tls_image=base + t.vaddr, tls_filesz=t.filesz, tls_memsz=t.memsz,
-                       tls_align=max(t.align, 1), tls_tpoff=tls[k], tls_modid=1 + gindex[k])
+                       tls_align=max(t.align, 1), tls_tpoff=tls.get(k, 0), tls_modid=1 + gindex[k])
         rec["relro_start"], rec["relro_end"] = relro_range(elf, base)
         eh = elf.segment(PT_GNU_EH_FRAME)
         rec["eh_frame_hdr"] = base + eh.vaddr if eh is not None else 0
         data.objects.append(rec)
     data.imports = ctx.imports.rows
-    main = objs[0] if objs and getattr(objs[0], "kind", "main") == "main" else None
-    data.init = [gindex[k] for k in (o.index if o.index >= 0 else objs.index(o) for o in init_order(objs))
-                 if k in gindex and objs[k] is not main]
-    data.glibc = [strings.add(o.soname or o.path.rsplit("/", 1)[-1]) for o in objs
-                  if o.is_glibc and not (o.soname or "").startswith("ld-linux")]
+    data.init = [gindex[k] for k in init]
+    data.glibc = [strings.add(objs[k].soname or objs[k].path.rsplit("/", 1)[-1]) for k in glibc
+                  if not (objs[k].soname or "").startswith("ld-linux")]
     blob = pf.pack(data)
     return (blob, counts) if with_stats else blob
 

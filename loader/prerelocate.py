@@ -26,16 +26,14 @@ def scope_entries(scope):
     return list(getattr(scope, "entries", scope))
 
 
-def bind_entries(entries, obj):
-    """Bindings (in _native.reloc.bind's shape) of entries[obj]'s
-    relocations in the scope `entries`."""
-    try:
-        from _native import reloc
-        from loader.scope import Scope
-    except ImportError:
-        from loader import refbind
-        return refbind.bind_like_engine(entries, obj)
-    return reloc.bind(Scope(entries), obj)
+def bind_entries(scope, obj):
+    """_native.reloc.bind of scope[obj]; `scope` is a loader.scope.Scope or
+    its entries [(elf, l_addr, is_glibc)]."""
+    from _native import reloc
+    from loader.scope import Scope
+    if not isinstance(scope, Scope):
+        scope = Scope(scope)
+    return reloc.bind(scope, obj)
 
 
 def static_value(entries, b, r):
