@@ -6,10 +6,14 @@
     object's index in the scope is its position in this list.
     global_count: how many leading entries form the global scope (default:
     all).  Entries past it are objects dlopen'ed RTLD_LOCAL.
-    local_scopes: {index: [indices]}: the object's own search list (itself,
-    then its dependency closure breadth-first); such an object searches the
-    global scope, then this list, as glibc's l_scope does.  Entries past
-    global_count without one search the global scope, then themselves.
+    local_scopes: {index: [indices]}: the local search list of an object
+    loaded by dlopen(RTLD_LOCAL): the dlopen root's search list (the root,
+    then its dependency closure breadth-first), the same list for the root
+    and for every object that dlopen loaded with it.  Such an object
+    searches the global scope, then this list, as glibc's l_scope does
+    (checked with LD_DEBUG=scopes).  Entries past global_count without one
+    search the global scope, then themselves.  An object with DT_SYMBOLIC
+    searches itself first.
     main_is_exec: whether entries[0] is the program (glibc skips it for
     COPY lookups); default: guessed from the ELF file (ET_EXEC, or PT_INTERP
     with DF_1_PIE or without a soname).
@@ -21,7 +25,7 @@
 `Scope.from_resolution(resolution, l_addrs=None)` builds the scope of a
 `loader.resolve.Resolution` (objects in load order; l_addrs default 0).
 """
-from loader.elf import DF_1_PIE, ET_EXEC
+from loader.elf import DF_1_PIE, DT, ET_EXEC
 from _native.symbols import SymScope
 
 
@@ -38,15 +42,18 @@ class Scope:
         self.global_count = n if global_count is None else global_count
         self.local_scopes = dict(local_scopes or {})
         glob = list(range(self.global_count))
+        if main_is_exec is None:
+            main_is_exec = bool(n) and _looks_like_program(self.entries[0][0])
+        self.main_is_exec = main_is_exec
         scopes = []
         for i in range(n):
             local = self.local_scopes.get(i)
             if local is None and i >= self.global_count:
                 local = [i]
-            scopes.append([glob] + ([list(local)] if local else []))
-        if main_is_exec is None:
-            main_is_exec = bool(n) and _looks_like_program(self.entries[0][0])
-        self.main_is_exec = main_is_exec
+            # DT_SYMBOLIC: the object itself first (not for the program: glibc)
+            symbolic = DT["SYMBOLIC"] in self.entries[i][0].dyn and not (i == 0 and main_is_exec)
+            own = [[i]] if symbolic else []
+            scopes.append(own + [glob] + ([list(local)] if local else []))
         self.native = SymScope([(e, a) for e, a, _ in self.entries], scopes, main_is_exec)
 
     @classmethod

@@ -85,6 +85,16 @@ SOURCES = {
                 + *tls_local() + tvar == 0;
         }
     """),
+    # dlopen(RTLD_LOCAL) of libA (needs libC) from a program linked with libB
+    "maindl.c": WAIT + textwrap.dedent("""
+        #include <dlfcn.h>
+        int who(void);
+        int main(int c, char **v) {
+            void *h = dlopen("libA.so", RTLD_NOW | RTLD_LOCAL);
+            wait_if_asked(c, v);
+            return !h || who() == 0;
+        }
+    """),
     # STB_GNU_UNIQUE from C++ inline function statics, in two libraries
     "u.h": "inline int &uniq() { static int c; return c; }\n",
     "libu1.cpp": '#include "u.h"\nint u1() { return ++uniq(); }\n',
@@ -109,6 +119,7 @@ cc -O1 -fPIC -shared -o libA.so libA.c -L. -lC -Wl,-rpath,'$ORIGIN'
 cc -O1 -no-pie -fno-pic -rdynamic -Wl,--hash-style=sysv -o exe main.c -L. -lw1 -lw2 -lp -ld -lh -ls -lA -lB -lt \
    -Wl,-rpath,'$ORIGIN' -Wl,-rpath-link,.
 cc -O1 -o exe_pie main.c -L. -lw1 -lw2 -lp -ld -lh -ls -lA -lB -lt -Wl,-rpath,'$ORIGIN' -Wl,-rpath-link,.
+cc -O1 -o exe_dl maindl.c -L. -lB -Wl,-rpath,'$ORIGIN'
 g++ -O1 -fPIC -shared -o libu1.so libu1.cpp
 g++ -O1 -fPIC -shared -o libu2.so libu2.cpp
 g++ -O1 -o exe_u mainu.cpp -L. -lu1 -lu2 -Wl,-rpath,'$ORIGIN'
@@ -207,6 +218,44 @@ def test_scope_rules(built):
     assert (d, prot) == (idx["libp.so"], 1)                    # protected binds to itself
     st, d, s, prot = scope.native.py_resolve_ref(0, _symidx(scope.elf(0), "counter"), 2)
     assert d == idx["libd.so"]                                 # COPY skips the program
+
+
+def test_rtld_local_scope(built, tmp_path):
+    """Objects of a dlopen(RTLD_LOCAL) search the global scope, then the
+    dlopen root's search list: libA's c_calls_deep comes from libC, libC's
+    deep() from libB (global) although libC defines one."""
+    from loader.resolve import resolve_dlopen
+    path = str(built / "exe_dl")
+    res = resolve(path, env=_env())
+    nglobal = len(res.objects)
+    new = resolve_dlopen(res, "libA.so", res.objects[0])
+    assert [os.path.basename(o.path) for o in new] == ["libA.so", "libC.so"]
+    local = list(range(nglobal, len(res.objects)))
+    scope = Scope([(o.elf, 0, o.is_glibc) for o in res.objects], global_count=nglobal,
+                  local_scopes={i: local for i in local})
+    ours = set()
+    for b in bindings.compute_bindings(res, scope):
+        if b.requester in (new[0].path, new[1].path):
+            ours.add(bindings.format_binding(b))
+    theirs = {l for l in glibc_bindings(path, [], tmp_path) if requester(l) in (new[0].path, new[1].path)}
+    assert ours == theirs
+    assert any("libC.so [0]: normal symbol `c_calls_deep'" in l for l in ours)
+    assert any("to " + str(built / "libB.so") + " [0]: normal symbol `deep'" in l for l in ours)
+    # the program itself does not see libA's symbols (RTLD_LOCAL)
+    assert scope.lookup("a", None, 0) is None and scope.lookup("a", None, local[0])[0] == local[0]
+    # and the words ld.so wrote into libA and libC
+    p = subprocess.Popen([path, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         env=dict(_env(), LD_BIND_NOW="1"))
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        live = Scope([(o.elf, a, o.is_glibc) for o, a in zip(res.objects, live_l_addrs(p.pid, res.objects))],
+                     global_count=nglobal, local_scopes={i: local for i in local})
+        for i in local:
+            checked, deferred, bad = live_check(p.pid, live, i)
+            assert bad == [] and checked > 0
+    finally:
+        p.kill()
+        p.wait()
 
 
 def _symidx(elf, name):
