@@ -203,12 +203,7 @@ class Loader:
         self.main = main
         self._register(main)
         interp = elf.interp or RTLD_PATH
-        rpath = RTLD_PATH if explicit or not os.path.exists(ctx.abs(interp)) else interp
-        relf = ctx.files.elf(os.path.realpath(ctx.abs(rpath)))
-        rtld = LoadedObject(name=interp, path=rpath, elf=relf, soname=relf.soname, is_glibc=True,
-                            kind="interp", origin=None, names={interp}, lname=rpath)
-        self.rtld = rtld
-        self._register(rtld)
+        self._add_rtld(interp, RTLD_PATH if explicit or not os.path.exists(ctx.abs(interp)) else interp)
         self.searchlist = [main]
         reserved = {id(main)}
         for name in self._preload_names(env, preload):
@@ -224,6 +219,14 @@ class Loader:
                 self.searchlist.append(obj)
         self._deps_bfs(0, reserved, self.trace)
         return self._finish(elf.interp or RTLD_PATH)
+
+    def _add_rtld(self, interp, path):
+        """ld.so is in every process before anything is loaded; it matches
+        its PT_INTERP name, its path and its SONAME, never its file."""
+        relf = self.ctx.files.elf(os.path.realpath(self.ctx.abs(path)))
+        self.rtld = LoadedObject(name=interp, path=path, elf=relf, soname=relf.soname, is_glibc=True,
+                                 kind="interp", origin=None, names={interp}, lname=path)
+        self._register(self.rtld)
 
     def _preload_names(self, env, preload):
         secure = self.ctx.secure
@@ -298,6 +301,7 @@ class Loader:
 
     def load_library(self, name):
         self.searchlist = []
+        self._add_rtld(RTLD_PATH, RTLD_PATH)
         self.dlopen(name, None)
         return self._finish(RTLD_PATH)
 

@@ -94,7 +94,7 @@ class Tree:
             f.seek(18)
             f.write(struct.pack("<H", machine))
 
-    def text(self, rel, content="not an ELF file\n"):
+    def text(self, rel, content="not an ELF file, but longer than an ELF header\n" * 3):
         out = self.p(rel)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(out, "w") as f:
