@@ -45,6 +45,7 @@ cdef enum:
     TC_NORMAL = 0
     TC_PLT = 1
     TC_COPY = 2
+    TC_NEWEST = 8       # DL_LOOKUP_RETURN_NEWEST (dlsym): not a glibc type class
 
 cdef enum:
     LK_FOUND = 1
@@ -65,5 +66,9 @@ cdef class SymScope:
     cdef int lookup(self, const char *name, uint32_t gnuh, uint32_t ver_hash,
                     const char *ver_name, int type_class, int undef,
                     const ldp_sym *ref, int *out_obj, uint32_t *out_sym) noexcept nogil
+    cdef int lookup_list(self, const int *lst, int n, const char *name, uint32_t gnuh,
+                         uint32_t ver_hash, const char *ver_name, int type_class,
+                         const ldp_sym *ref, int *out_obj, uint32_t *out_sym,
+                         uint32_t *oldh, bint *have_oldh) noexcept nogil
     cdef int resolve_ref(self, int undef, uint32_t symidx, int type_class,
                          int *out_obj, uint32_t *out_sym, int *protected) noexcept nogil

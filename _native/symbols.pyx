@@ -130,7 +130,7 @@ cdef int check_match(const char *name, const ldp_sym *ref, uint32_t ver_hash,
         elif o.versym[symidx] & 0x8000:
             return 0
         return 1
-    if ndx >= 3:
+    if ndx >= (2 if type_class & TC_NEWEST else 3):
         if (o.versym[symidx] & 0x8000) == 0:
             if num_versions[0] == 0:
                 versioned[0] = <int>symidx
@@ -248,71 +248,83 @@ cdef class SymScope:
         """_dl_lookup_symbol_x without the protected fix-up: first match over
         the requester's scope lists.  Returns 1 when found."""
         cdef const ObjTab *req = &self.objs[undef]
-        cdef const ObjTab *o
-        cdef int s, i, m, num_versions, versioned, found
-        cdef uint32_t symidx, bucket, h, iters
+        cdef int s
         cdef uint32_t oldh = 0
         cdef bint have_oldh = False
+        for s in range(req.nscopes):
+            if self.lookup_list(&self.lists[req.scope_start[s]], req.scope_len[s], name, gnuh,
+                                ver_hash, ver_name, type_class, ref, out_obj, out_sym,
+                                &oldh, &have_oldh):
+                return 1
+        return 0
+
+    cdef int lookup_list(self, const int *lst, int n, const char *name, uint32_t gnuh,
+                         uint32_t ver_hash, const char *ver_name, int type_class,
+                         const ldp_sym *ref, int *out_obj, uint32_t *out_sym,
+                         uint32_t *oldh, bint *have_oldh) noexcept nogil:
+        """do_lookup_x over one search list (objects indices `lst`)."""
+        cdef const ObjTab *o
+        cdef int i, m, num_versions, versioned, found
+        cdef uint32_t symidx, bucket, h, iters
         cdef uint64_t word
         cdef const ldp_sym *sym
-        for s in range(req.nscopes):
-            for i in range(req.scope_start[s], req.scope_start[s] + req.scope_len[s]):
-                m = self.lists[i]
-                o = &self.objs[m]
-                if (type_class & TC_COPY) and o.is_exec:
+        for i in range(n):
+            m = lst[i]
+            o = &self.objs[m]
+            if (type_class & TC_COPY) and o.is_exec:
+                continue
+            num_versions = 0
+            versioned = -1
+            found = -1
+            if o.gnu_bloom != NULL:
+                if o.gnu_nbuckets == 0:
                     continue
-                num_versions = 0
-                versioned = -1
-                found = -1
-                if o.gnu_bloom != NULL:
-                    if o.gnu_nbuckets == 0:
-                        continue
-                    word = o.gnu_bloom[(gnuh >> 6) & o.gnu_bloom_mask]
-                    if (word >> (gnuh & 63)) & (word >> ((gnuh >> o.gnu_shift) & 63)) & 1:
-                        bucket = o.gnu_buckets[gnuh % o.gnu_nbuckets]
-                        if bucket != 0 and bucket >= o.gnu_symoffset:
-                            symidx = bucket
-                            while symidx < o.nsyms:
-                                h = o.gnu_chain[symidx]
-                                if ((h ^ gnuh) >> 1) == 0:
-                                    if check_match(name, ref, ver_hash, ver_name, type_class,
-                                                   &o.symtab[symidx], symidx, o,
-                                                   &num_versions, &versioned):
-                                        found = <int>symidx
-                                        break
-                                if h & 1:
+                word = o.gnu_bloom[(gnuh >> 6) & o.gnu_bloom_mask]
+                if (word >> (gnuh & 63)) & (word >> ((gnuh >> o.gnu_shift) & 63)) & 1:
+                    bucket = o.gnu_buckets[gnuh % o.gnu_nbuckets]
+                    if bucket != 0 and bucket >= o.gnu_symoffset:
+                        symidx = bucket
+                        while symidx < o.nsyms:
+                            h = o.gnu_chain[symidx]
+                            if ((h ^ gnuh) >> 1) == 0:
+                                if check_match(name, ref, ver_hash, ver_name, type_class,
+                                               &o.symtab[symidx], symidx, o,
+                                               &num_versions, &versioned):
+                                    found = <int>symidx
                                     break
-                                symidx += 1
-                elif o.sysv_buckets != NULL:
-                    if o.sysv_nbucket == 0:
-                        continue
-                    if not have_oldh:
-                        oldh = c_elf_hash(name)
-                        have_oldh = True
-                    symidx = o.sysv_buckets[oldh % o.sysv_nbucket]
-                    iters = 0
-                    while symidx != 0 and symidx < o.sysv_nchain and iters <= o.sysv_nchain:
-                        if check_match(name, ref, ver_hash, ver_name, type_class,
-                                       &o.symtab[symidx], symidx, o,
-                                       &num_versions, &versioned):
-                            found = <int>symidx
-                            break
-                        symidx = o.sysv_chain[symidx]
-                        iters += 1
-                else:
+                            if h & 1:
+                                break
+                            symidx += 1
+            elif o.sysv_buckets != NULL:
+                if o.sysv_nbucket == 0:
                     continue
-                if found < 0 and num_versions == 1:
-                    found = versioned
-                if found < 0:
-                    continue
-                sym = &o.symtab[found]
-                if LDP_VIS(sym.st_other) == STV_HIDDEN or LDP_VIS(sym.st_other) == STV_INTERNAL:
-                    continue
-                if LDP_STB(sym.st_info) == STB_GLOBAL or LDP_STB(sym.st_info) == STB_WEAK \
-                        or LDP_STB(sym.st_info) == STB_GNU_UNIQUE:
-                    out_obj[0] = m
-                    out_sym[0] = <uint32_t>found
-                    return 1
+                if not have_oldh[0]:
+                    oldh[0] = c_elf_hash(name)
+                    have_oldh[0] = True
+                symidx = o.sysv_buckets[oldh[0] % o.sysv_nbucket]
+                iters = 0
+                while symidx != 0 and symidx < o.sysv_nchain and iters <= o.sysv_nchain:
+                    if check_match(name, ref, ver_hash, ver_name, type_class,
+                                   &o.symtab[symidx], symidx, o,
+                                   &num_versions, &versioned):
+                        found = <int>symidx
+                        break
+                    symidx = o.sysv_chain[symidx]
+                    iters += 1
+            else:
+                continue
+            if found < 0 and num_versions == 1:
+                found = versioned
+            if found < 0:
+                continue
+            sym = &o.symtab[found]
+            if LDP_VIS(sym.st_other) == STV_HIDDEN or LDP_VIS(sym.st_other) == STV_INTERNAL:
+                continue
+            if LDP_STB(sym.st_info) == STB_GLOBAL or LDP_STB(sym.st_info) == STB_WEAK \
+                    or LDP_STB(sym.st_info) == STB_GNU_UNIQUE:
+                out_obj[0] = m
+                out_sym[0] = <uint32_t>found
+                return 1
         return 0
 
     cdef int resolve_ref(self, int undef, uint32_t symidx, int type_class,
@@ -359,21 +371,42 @@ cdef class SymScope:
         return LK_FOUND
 
     # ------------------------------------------------------------ slow path
-    def py_lookup(self, name, version, int requester, int type_class=TC_NORMAL):
+    def py_lookup(self, name, version, int requester, int type_class=TC_NORMAL,
+                  bint newest=False, indices=None):
         """(def_index, sym_index) or None: lookup of `name` (str) with
-        `version` (str or None) in the scope of object `requester`."""
+        `version` (str or None) in the scope of object `requester`, or, if
+        `indices` is given, in that search list alone (dlsym on a handle).
+        newest: DL_LOOKUP_RETURN_NEWEST, as dlsym: an unversioned lookup
+        takes the default version instead of the oldest."""
         cdef bytes bname = name.encode("utf-8", "surrogateescape")
         cdef bytes bver = version.encode("utf-8", "surrogateescape") if version else b""
-        cdef int obj
-        cdef uint32_t sym
+        cdef int obj, k, found
+        cdef uint32_t sym, oldh = 0
+        cdef bint have_oldh = False
         cdef uint32_t vh = c_elf_hash(bver) if version else 0
+        cdef int *lst
         if not 0 <= requester < self.n:
             raise IndexError(requester)
         if version and vh == 0:
             vh = 1
-        if self.lookup(bname, c_gnu_hash(bname), vh, bver, type_class, requester, NULL, &obj, &sym):
-            return obj, sym
-        return None
+        if newest:
+            type_class |= TC_NEWEST
+        if indices is None:
+            found = self.lookup(bname, c_gnu_hash(bname), vh, bver, type_class, requester, NULL, &obj, &sym)
+        else:
+            lst = <int *>calloc(max(len(indices), 1), sizeof(int))
+            if lst == NULL:
+                raise MemoryError()
+            try:
+                for k, idx in enumerate(indices):
+                    if not 0 <= idx < self.n:
+                        raise IndexError(idx)
+                    lst[k] = idx
+                found = self.lookup_list(lst, len(indices), bname, c_gnu_hash(bname), vh, bver,
+                                         type_class, NULL, &obj, &sym, &oldh, &have_oldh)
+            finally:
+                free(lst)
+        return (obj, sym) if found else None
 
     def py_resolve_ref(self, int requester, uint32_t symidx, int type_class=TC_NORMAL):
         """(status, def_index, sym_index, protected) for the requester's own

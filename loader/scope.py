@@ -18,9 +18,13 @@
     COPY lookups); default: guessed from the ELF file (ET_EXEC, or PT_INTERP
     with DF_1_PIE or without a soname).
 
-`Scope.lookup(name, version=None, requester_index=0)`
+`Scope.lookup(name, version=None, requester_index=0, newest=False, search_list=None)`
     -> `(def_index, sym_index, runtime_value)` or None.  The slow-path
-    convenience (dlsym-like, tests); relocations use `_native.reloc.bind`.
+    convenience (tests, dlsym); relocations use `_native.reloc.bind`.
+    By default an unversioned lookup binds as a relocation does (to the
+    oldest version); `newest=True` is dlsym's rule (the default version).
+    `search_list` (indices) searches only that list, e.g. the search list
+    of a dlopen handle; RTLD_DEFAULT is the requester's scope.
 
 `Scope.from_resolution(resolution, l_addrs=None)` builds the scope of a
 `loader.resolve.Resolution` (objects in load order; l_addrs default 0).
@@ -75,8 +79,8 @@ class Scope:
     def is_glibc(self, i):
         return self.entries[i][2]
 
-    def lookup(self, name, version=None, requester_index=0):
-        found = self.native.py_lookup(name, version, requester_index)
+    def lookup(self, name, version=None, requester_index=0, newest=False, search_list=None):
+        found = self.native.py_lookup(name, version, requester_index, 0, newest, search_list)
         if found is None:
             return None
         d, s = found

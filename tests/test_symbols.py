@@ -199,8 +199,11 @@ def test_version_rules(built):
     assert _def_version(scope, scope.lookup("foo", "V1")) == "V1"
     assert _def_version(scope, scope.lookup("foo", "V2")) == "V2"
     assert scope.lookup("foo", "V9") is None
-    # an unversioned lookup (relocation rules) picks the oldest, V1
+    # an unversioned lookup (relocation rules) picks the oldest, V1; dlsym the default, V2
     assert _def_version(scope, scope.lookup("foo")) == "V1"
+    assert _def_version(scope, scope.lookup("foo", newest=True)) == "V2"
+    assert _def_version(scope, scope.lookup("foo", newest=True, search_list=[libv])) == "V2"
+    assert scope.lookup("foo", search_list=[0]) is None
     # a versioned reference to an object without versions matches
     res, scope = _scope(built, "exe_unversioned")
     assert scope.lookup("bar", "V1") is not None
