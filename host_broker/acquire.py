@@ -45,29 +45,33 @@ class Acquirer:
     def __init__(self, store, log=print):
         self.store, self.log = store, log
         self.cache = collections.OrderedDict()
+        self.by_payload = {}
 
     # --- programs ---------------------------------------------------------
-    def cached_program(self, req):
-        """The cached acquisition for this request if still valid, else None
-        (cheap: runs on the event loop)."""
-        ck = self._cache_key(req)
-        hit = self.cache.get(ck[0])
+    def cached_program(self, payload):
+        """The cached acquisition for this exact request payload if still
+        valid, else None (cheap: runs on the event loop)."""
+        hit = self.by_payload.get(payload)
         if hit is not None and self._valid(hit):
             return hit
         return None
 
-    def program(self, req):
+    def program(self, req, payload=None):
         """Build (or reuse) the acquisition of a program (worker thread)."""
         ck, path, argv0, cwd, env, preload = self._cache_key(req)
         hit = self.cache.get(ck)
-        if hit is not None and self._valid(hit):
-            return hit
-        acq = self._build_program(path, argv0, cwd, env, preload)
-        acq.placed = [self.store.images[k].placed for k in acq.keys]
-        self.cache[ck] = acq
-        if len(self.cache) > CACHE_MAX:
-            self.cache.popitem(last=False)
-        return acq
+        if hit is None or not self._valid(hit):
+            hit = self._build_program(path, argv0, cwd, env, preload)
+            hit.placed = [self.store.images[k].placed for k in hit.keys]
+            self.cache[ck] = hit
+            if len(self.cache) > CACHE_MAX:
+                self.cache.popitem(last=False)
+        if payload is not None:
+            # the same request bytes next time skip parsing too
+            self.by_payload[bytes(payload)] = hit
+            if len(self.by_payload) > CACHE_MAX:
+                self.by_payload.pop(next(iter(self.by_payload)))
+        return hit
 
     def _cache_key(self, req):
         path = req.text("path")

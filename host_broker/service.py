@@ -7,6 +7,7 @@ the event loop; building images and plans runs in a worker thread under one
 lock, so slow builds do not stall pings, releases and cached acquires."""
 import array
 import asyncio
+import collections
 import fcntl
 import grp
 import json
@@ -85,6 +86,7 @@ class Broker:
         sock.listen(256)
         sock.setblocking(False)
         self.sock = sock
+        self._sock_ino = os.stat(path).st_ino
 
     # --- serving ----------------------------------------------------------------
     async def serve(self, ready=None):
@@ -114,11 +116,13 @@ class Broker:
 
     async def _accept_loop(self):
         loop = asyncio.get_running_loop()
-        self._sock_ino = os.stat(self.socket_path).st_ino
         while True:
             conn, _ = await loop.sock_accept(self.sock)
-            conn.setblocking(False)
-            asyncio.ensure_future(self._connection(conn))
+            pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            client = Client(self._next_client, pid, uid, gid)
+            self._next_client += 1
+            self.clients[client.id] = client
+            await loop.connect_accepted_socket(lambda: _Conn(self, conn, client), conn)
 
     async def _tick(self):
         while True:
@@ -133,67 +137,53 @@ class Broker:
                 self.log(f"idle for {self.idle_exit:g}s: exiting")
                 self._stop.done() or self._stop.set_result(0)
 
-    async def _connection(self, conn):
-        loop = asyncio.get_running_loop()
-        pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        client = Client(self._next_client, pid, uid, gid)
-        self._next_client += 1
-        self.clients[client.id] = client
-        decoder = P.FrameDecoder()
-        try:
-            while True:
-                data = await loop.sock_recv(conn, 1 << 16)
-                if not data:
-                    break
-                try:
-                    frames = decoder.feed(data)
-                except P.ProtocolError as e:
-                    await loop.sock_sendall(conn, P.frame(P.ERROR, str(e).encode()))
-                    break
-                for op, payload in frames:
-                    reply, fd = await self._dispatch(client, op, payload)
-                    if fd is None:
-                        await loop.sock_sendall(conn, reply)
-                    else:
-                        await _send_with_fd(loop, conn, reply, fd)
-                    if reply[4:8] == struct.pack("<I", P.ERROR) and op not in P.REQUEST_OPS:
-                        raise ConnectionResetError
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            n = self.state.refs.drop_client(client.id)
-            del self.clients[client.id]
-            conn.close()
-            if n or client.hello:
-                self.log(f"client {client.id} ({client.kind} pid {client.pid} uid {client.uid}) "
-                         f"gone, {n} leases released")
+    def _gone(self, client):
+        n = self.state.refs.drop_client(client.id)
+        del self.clients[client.id]
+        if n or client.hello:
+            self.log(f"client {client.id} ({client.kind} pid {client.pid} uid {client.uid}) "
+                     f"gone, {n} leases released")
 
-    async def _dispatch(self, client, op, payload):
+    def _dispatch(self, client, op, payload):
+        """(reply frame, fd or None), or an awaitable of it for slow requests."""
         try:
             if op not in P.REQUEST_OPS:
                 raise P.ProtocolError(f"unknown op {op:#x}")
-            req = P.Request.decode(payload)
             if op != P.HELLO and not client.hello:
                 raise P.ProtocolError("the first request must be HELLO")
-            handler = self._handlers[op]
-            out = handler(self, client, req)
+            out = self._handlers[op](self, client, payload)
             if asyncio.iscoroutine(out):
-                out = await out
-            body, fd = out if isinstance(out, tuple) else (out, None)
-            return P.frame(op | P.REPLY, body), fd
-        except LdpoolError as e:
+                return self._finish(client, op, out)
+            return self._reply(op, out)
+        except Exception as e:
+            return self._error(op, e)
+
+    async def _finish(self, client, op, coro):
+        try:
+            return self._reply(op, await coro)
+        except Exception as e:
+            return self._error(op, e)
+
+    @staticmethod
+    def _reply(op, out):
+        body, fd = out if isinstance(out, tuple) else (out, None)
+        return P.frame(op | P.REPLY, body), fd
+
+    def _error(self, op, e):
+        if isinstance(e, LdpoolError):
             msg = str(e)
-        except KeyError as e:
+        elif isinstance(e, KeyError):
             msg = f"unknown {e.args[0]}"
-        except OSError as e:
+        elif isinstance(e, OSError):
             msg = f"{e.filename}: {e.strerror}" if e.filename else str(e)
-        except Exception as e:      # a bug must not take the broker down
+        else:                        # a bug must not take the broker down
             self.log(f"internal error on {P.OP_NAMES.get(op, op)}: {type(e).__name__}: {e}")
             msg = f"internal broker error: {type(e).__name__}: {e}"
         return P.frame(P.ERROR, msg.replace("\n", " ").encode()[:4000]), None
 
     # --- operations ---------------------------------------------------------------
-    def _hello(self, client, req):
+    def _hello(self, client, payload):
+        req = P.Request.decode(payload)
         if req.int("proto", 0) != P.PROTO_VERSION:
             raise BrokerError(f"protocol version {req.text('proto')} not supported (broker speaks 1)")
         kind = req.text("kind", "process")
@@ -209,21 +199,21 @@ class Broker:
                             ("window_size", hex(st.pool.window_size)), ("broker_pid", os.getpid())])
         return body, (st.pool.readonly_fd() if kind == "process" else None)
 
-    async def _acquire_program(self, client, req):
-        acq = self._cached(req)
-        if acq is None:
-            async with self._build_lock:
-                acq = await asyncio.to_thread(self.acquirer.program, req)
-                return self._grant(client, acq)
-        return self._grant(client, acq)
+    def _acquire_program(self, client, payload):
+        acq = self.acquirer.cached_program(payload)
+        if acq is not None:
+            return self._grant(client, acq)
+        return self._build_program(client, payload)
 
-    def _cached(self, req):
-        try:
-            return self.acquirer.cached_program(req)
-        except LdpoolError:
-            return None
+    async def _build_program(self, client, payload):
+        req = P.Request.decode(payload)
+        async with self._build_lock:
+            acq = await asyncio.to_thread(self.acquirer.program, req, payload)
+            return self._grant(client, acq)
 
     def _grant(self, client, acq):
+        if client.id not in self.clients:
+            raise BrokerError("client gone")      # died while its plan was built
         # a lease's own context: dlopen will extend its resolution
         ctx = {"params": acq.context, "res": None} if acq.context is not None else None
         lease = self.state.refs.new_lease(client.id, acq.keys, ctx)
@@ -242,8 +232,11 @@ class Broker:
             raise BrokerError(f"lease {lid} is not held by this connection")
         return lease
 
-    async def _acquire_library(self, client, req):
-        lease = self._lease(client, req)
+    def _acquire_library(self, client, payload):
+        req = P.Request.decode(payload)
+        return self._build_library(client, req, self._lease(client, req))
+
+    async def _build_library(self, client, req, lease):
         async with self._build_lock:
             acq = await asyncio.to_thread(self.acquirer.library, lease, req)
             if lease.id not in self.state.refs.leases:
@@ -252,7 +245,8 @@ class Broker:
             self._note_uid(client, acq.keys)
             return set_lease(acq.plan, lease.id)
 
-    def _release(self, client, req):
+    def _release(self, client, payload):
+        req = P.Request.decode(payload)
         lease = self._lease(client, req)
         objs = req.all("object")
         if objs:
@@ -261,13 +255,14 @@ class Broker:
             self.state.refs.release(lease.id)
         return b""
 
-    def _stats(self, client, req):
+    def _stats(self, client, payload):
         return json.dumps(stats_for(self, client.uid)).encode()
 
-    def _ping(self, client, req):
+    def _ping(self, client, payload):
         return b""
 
-    def _reclaim(self, client, req):
+    def _reclaim(self, client, payload):
+        req = P.Request.decode(payload)
         st = self.state
         if req.int("epoch") != st.epoch:
             raise BrokerError("epoch changed: the pool was rebuilt; keep running without references")
@@ -290,16 +285,70 @@ class Broker:
                  P.PING: _ping, P.RECLAIM: _reclaim}
 
 
-async def _send_with_fd(loop, conn, data, fd):
-    fds = array.array("i", [fd])
-    while True:
+class _Conn(asyncio.Protocol):
+    """One client connection: frames reassembled from the byte stream,
+    answered in order; a slow (building) request holds back the ones
+    pipelined after it."""
+
+    def __init__(self, broker, sock, client):
+        self.broker, self.sock, self.client = broker, sock, client
+        self.decoder = P.FrameDecoder()
+        self.queue = collections.deque()
+        self.busy = False
+        self.closing = False
+
+    def connection_made(self, transport):
+        self.t = transport
+
+    def data_received(self, data):
+        if self.closing:
+            return
         try:
-            n = conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-            break
-        except BlockingIOError:
-            await asyncio.sleep(0.001)
-    if n < len(data):
-        await loop.sock_sendall(conn, data[n:])
+            self.queue.extend(self.decoder.feed(data))
+        except P.ProtocolError as e:
+            self.t.write(P.frame(P.ERROR, str(e).encode()))
+            self.closing = True
+            self.t.close()
+            return
+        self._run()
+
+    def _run(self):
+        while self.queue and not self.busy and not self.closing:
+            op, payload = self.queue.popleft()
+            out = self.broker._dispatch(self.client, op, payload)
+            if isinstance(out, tuple):
+                self._send(op, *out)
+            else:
+                self.busy = True
+                self.t.pause_reading()
+                asyncio.ensure_future(out).add_done_callback(lambda f, op=op: self._done(op, f))
+
+    def _done(self, op, fut):
+        self.busy = False
+        if self.closing or fut.cancelled():
+            return
+        self._send(op, *fut.result())
+        self.t.resume_reading()
+        self._run()
+
+    def _send(self, op, reply, fd):
+        if fd is not None and not self.t.get_write_buffer_size():
+            # the pool descriptor rides on the first byte of the reply
+            try:
+                n = self.sock.sendmsg([reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                 array.array("i", [fd]))])
+            except OSError:
+                n = 0
+            reply = reply[n:]
+        if reply:
+            self.t.write(reply)
+        if op not in P.REQUEST_OPS:          # framing error: answered, then closed
+            self.closing = True
+            self.t.close()
+
+    def connection_lost(self, exc):
+        self.closing = True
+        self.broker._gone(self.client)
 
 
 def _gid(group):
