@@ -8,7 +8,7 @@ import mmap
 import secrets
 
 from loader import image as limage
-from loader.errors import LdpoolError
+from loader.errors import LdpoolError, ResolveError
 
 WINDOW = 0x3000_0000_0000          # the broker's window is 0x2000_0000_0000
 WINDOW_SPAN = 0x0100_0000_0000
@@ -22,7 +22,12 @@ def canonical_deps(obj):
     if getattr(obj, "kind", None) == "main":
         # a program cannot be dlopen'ed: resolve it as the kernel starts it
         return resolve.resolve_program(obj.path, env={}).objects[1:]
-    return resolve.resolve_library(obj.path, env={}).objects[1:]
+    try:
+        return resolve.resolve_library(obj.path, env={}).objects[1:]
+    except ResolveError:
+        # a dependency found only through the program's RPATH: relocate
+        # against glibc alone and leave the rest to the plan's fixups
+        return resolve.resolve_library("libc.so.6", env={}).objects
 
 
 class LocalPool:
