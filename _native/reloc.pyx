@@ -19,7 +19,8 @@ bind(scope, obj_index) -> Bindings
                    for TLS symbols: the offset inside the module's block);
                    for symbol 0 of a non-TLS symbolic type, l_addr (glibc).
       addend  'q'  r_addend
-      symsize 'Q'  st_size of the definition (COPY, SIZE32/64)
+      symsize 'Q'  st_size of the definition (SIZE32/64; COPY copies
+                   min(symsize, the requester's own st_size) bytes, as glibc)
       symidx  'I'  symbol index in the requester's dynsym (for names)
       flags   'B'  F_LOOKUP (bound through a scope lookup: glibc would print
                    it with LD_DEBUG=bindings), F_PROTECTED (protected
@@ -27,7 +28,9 @@ bind(scope, obj_index) -> Bindings
                    is the resolver's address), F_TLS (TLS definition),
                    F_WEAKREF (the reference is weak)
       relr    'Q'  runtime addresses that DT_RELR relocates (+= l_addr)
-      undefined    list of (symbol name, requester path) for target -3
+      undefined    list of (symbol name, requester path, version or None),
+                   one per symbol with target -3; undefined_message(*entry)
+                   gives glibc's "OBJ: undefined symbol: NAME, version V"
     Unknown relocation types and broken tables raise loader.errors.ElfError
     naming the object.
 
@@ -257,9 +260,27 @@ def bind(scope, int obj_index):
     for k in range(n):
         if tgt[k] == -3 and sym[k] not in seen:
             seen.add(sym[k])
-            undefined.append((elf.symbol(sym[k]).name, elf.path))
+            undefined.append((elf.symbol(sym[k]).name, elf.path, _ref_version(elf, sym[k])))
     b.undefined = undefined
     return b
+
+
+def _ref_version(elf, symidx):
+    """The version a reference asks for (None: unversioned), as glibc's
+    l_versions: VERNEED entries and non-base VERDEF entries."""
+    vs = elf.versym
+    if vs is None:
+        return None
+    v = elf.versions.get(vs[symidx] & 0x7FFF)
+    if v is None or (v.file is None and v.flags & 1):
+        return None
+    return v.name
+
+
+def undefined_message(name, path, version=None):
+    """glibc's text for an undefined symbol (after "PROG: symbol lookup
+    error: "): `OBJ: undefined symbol: NAME[, version VER]`."""
+    return f"{path}: undefined symbol: {name}" + (f", version {version}" if version else "")
 
 
 cdef array.array _relr(const uint64_t[::1] relr, uint64_t l_addr):

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from engine_support import live_check, live_l_addrs, resolve
+from engine_support import file_image, live_check, live_l_addrs, resolve
 from loader.scope import Scope
 from test_bindings import glibc_bindings, requester
 from loader import bindings
@@ -95,6 +95,9 @@ SOURCES = {
             return !h || who() == 0;
         }
     """),
+    # an undefined (non-weak) symbol: glibc refuses to start with LD_BIND_NOW
+    "libx.c": "int nosuch(void);\nint x(void) { return nosuch(); }\n",
+    "mainx.c": "int x(void);\nint main(void) { return x(); }\n",
     # STB_GNU_UNIQUE from C++ inline function statics, in two libraries
     "u.h": "inline int &uniq() { static int c; return c; }\n",
     "libu1.cpp": '#include "u.h"\nint u1() { return ++uniq(); }\n',
@@ -119,6 +122,8 @@ cc -O1 -fPIC -shared -o libA.so libA.c -L. -lC -Wl,-rpath,'$ORIGIN'
 cc -O1 -no-pie -fno-pic -rdynamic -Wl,--hash-style=sysv -o exe main.c -L. -lw1 -lw2 -lp -ld -lh -ls -lA -lB -lt \
    -Wl,-rpath,'$ORIGIN' -Wl,-rpath-link,.
 cc -O1 -o exe_pie main.c -L. -lw1 -lw2 -lp -ld -lh -ls -lA -lB -lt -Wl,-rpath,'$ORIGIN' -Wl,-rpath-link,.
+cc -O1 -fPIC -shared -o libx.so libx.c
+cc -O1 -o exe_x mainx.c -L. -lx -Wl,-rpath,'$ORIGIN' -Wl,--allow-shlib-undefined
 cc -O1 -o exe_dl maindl.c -L. -lB -Wl,-rpath,'$ORIGIN'
 g++ -O1 -fPIC -shared -o libu1.so libu1.cpp
 g++ -O1 -fPIC -shared -o libu2.so libu2.cpp
@@ -259,6 +264,21 @@ def test_rtld_local_scope(built, tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def test_undefined_symbol_message(built):
+    from _native import reloc
+    path = str(built / "exe_x")
+    r = subprocess.run([path], env=dict(_env(), LD_BIND_NOW="1"), capture_output=True, text=True)
+    assert r.returncode != 0
+    res, scope = _scope(built, "exe_x")
+    i = next(i for i, o in enumerate(res.objects) if o.path.endswith("libx.so"))
+    b = reloc.bind(scope, i)
+    assert [u[0] for u in b.undefined] == ["nosuch"]
+    assert r.stderr.strip() == f"{path}: symbol lookup error: {reloc.undefined_message(*b.undefined[0])}"
+    k = next(k for k in range(b.count) if b.target[k] == -3)
+    img, image_addr = file_image(scope.elf(i), 0)
+    assert k in set(reloc.apply(img, image_addr, b))
 
 
 def _symidx(elf, name):
