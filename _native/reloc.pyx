@@ -58,6 +58,14 @@ compare(image, image_addr, bindings, mask=None, tls_modid=None,
     pre-relocated image), `values[j]` the word to write at
     bindings.addr[differ[j]] (4-byte types: the low 32 bits; TLSDESC: the
     second word, the first being the resolver); `deferred` as in apply.
+
+pages_touched(bindings, image_addr, size, select=None, page_size=4096) -> 'B'
+    Per page of the image: 1 where a selected relocation ('B' per
+    relocation, e.g. those left to per-process fixups) writes a byte, 0 for
+    pages that stay identical to the pre-relocated image (shareable).
+
+undefined_message(name, path, version=None) -> str
+    glibc's words for an undefined symbol (see Bindings.undefined).
 """
 from cpython cimport array
 import array as pyarray

@@ -257,3 +257,39 @@ def compare(const uint8_t[::1] image, uint64_t image_addr, b, mask=None, tls_mod
     array.resize(differ, ndiff)
     array.resize(values, ndiff)
     return differ, values, deferred
+
+
+def pages_touched(b, uint64_t image_addr, Py_ssize_t size, select=None, page_size=4096):
+    """'B' per page of the image [image_addr, image_addr+size): 1 where a
+    selected relocation (`select` 'B' per relocation, None = all; e.g. the
+    ones left to per-process fixups) writes any byte of that page.  Pages
+    with 0 stay byte-identical to the pre-relocated image: shareable."""
+    cdef Py_ssize_t n = b.count, k, npages = (size + page_size - 1) // page_size
+    cdef uint64_t ps = page_size, off, first, last, p
+    cdef const uint8_t[::1] m
+    cdef bint use = select is not None
+    if use:
+        m = select
+        if m.shape[0] != n:
+            raise ValueError(f"select has {m.shape[0]} entries for {n} relocations")
+    cdef array.array out = array.clone(_u8, npages, True)
+    cdef uint8_t *o = <uint8_t *>out.data.as_uchars
+    cdef const uint64_t *addr = <uint64_t *>(<array.array>b.addr).data.as_ulonglongs
+    cdef const uint32_t *typ = <uint32_t *>(<array.array>b.rtype).data.as_uints
+    cdef uint32_t t
+    with nogil:
+        for k in range(n):
+            if use and not m[k]:
+                continue
+            t = typ[k]
+            if t == R_NONE or addr[k] < image_addr:
+                continue
+            off = addr[k] - image_addr
+            first = off // ps
+            last = (off + (4 if t == R_PC32 or t == R_32 or t == R_32S or t == R_SIZE32
+                           else 16 if t == R_TLSDESC else 8) - 1) // ps
+            p = first
+            while p <= last and p < <uint64_t>npages:
+                o[p] = 1
+                p += 1
+    return out

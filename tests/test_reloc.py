@@ -109,3 +109,23 @@ def test_out_of_range_and_overflow_are_clean_errors(live):
     b.rtype[k] = 10
     with pytest.raises(LdpoolError, match="overflow in R_X86_64_32"):
         reloc.apply(img, image_addr, b)
+
+
+def test_pages_touched(live):
+    """Pages holding a relocation bound into glibc are exactly the ones a
+    per-process fixup touches; the others stay shareable."""
+    pid, objs, scope = live
+    i = next(n for n, o in enumerate(objs) if o.elf.soname == "libstdc++.so.6")
+    b = reloc.bind(scope, i)
+    img, image_addr = file_image(objs[i].elf, scope.l_addr(i))
+    select = array.array("B", [1 if b.target[k] >= 0 and scope.is_glibc(b.target[k]) else 0
+                               for k in range(b.count)])
+    pages = reloc.pages_touched(b, image_addr, len(img), select)
+    want = set()
+    for k in range(b.count):
+        if select[k]:
+            want.add((b.addr[k] - image_addr) // 4096)
+            want.add((b.addr[k] + 7 - image_addr) // 4096)
+    assert len(pages) == (len(img) + 4095) // 4096
+    assert {p for p in range(len(pages)) if pages[p]} == want and 0 < len(want) < len(pages)
+    assert sum(reloc.pages_touched(b, image_addr, len(img))) >= len(want)
