@@ -27,7 +27,11 @@
     of a dlopen handle; RTLD_DEFAULT is the requester's scope.
 
 `Scope.from_resolution(resolution, l_addrs=None)` builds the scope of a
-`loader.resolve.Resolution` (objects in load order; l_addrs default 0).
+`loader.resolve.Resolution` (objects in load order; l_addrs default 0;
+objects added by resolve_dlopen get RTLD_LOCAL scopes).
+
+A Scope holds C pointers into its ElfFiles' mappings and pins them: an
+ElfFile's close() raises BufferError while a Scope uses it.
 """
 from loader.elf import DF_1_PIE, DT, ET_EXEC
 from _native.symbols import SymScope
@@ -37,6 +41,21 @@ def _looks_like_program(elf):
     if elf.e_type == ET_EXEC:
         return True
     return elf.interp is not None and (bool(elf.flags_1 & DF_1_PIE) or elf.soname is None)
+
+
+def _search_list(objs, root):
+    """glibc's l_searchlist of `root`: itself, then DT_NEEDED breadth-first."""
+    index = {id(o): i for i, o in enumerate(objs)}
+    out, seen = [root], {root}
+    k = 0
+    while k < len(out):
+        for d in getattr(objs[out[k]], "deps", ()) or ():
+            j = index.get(id(d))
+            if j is not None and j not in seen:
+                seen.add(j)
+                out.append(j)
+        k += 1
+    return out
 
 
 class Scope:
@@ -62,10 +81,21 @@ class Scope:
 
     @classmethod
     def from_resolution(cls, resolution, l_addrs=None):
+        """Objects loaded at start form the global scope; each group of
+        objects a dlopen brought in (kind "dlopen" root, then the new
+        objects after it) gets the root's search list as its local scope
+        (RTLD_LOCAL)."""
         objs = resolution.objects
         if l_addrs is None:
             l_addrs = [0] * len(objs)
-        return cls([(o.elf, a, o.is_glibc) for o, a in zip(objs, l_addrs)])
+        roots = [i for i, o in enumerate(objs) if getattr(o, "kind", None) == "dlopen"]
+        local = {}
+        for r, end in zip(roots, roots[1:] + [len(objs)]):
+            lst = _search_list(objs, r)
+            for i in range(r, end):
+                local[i] = lst
+        return cls([(o.elf, a, o.is_glibc) for o, a in zip(objs, l_addrs)],
+                   global_count=roots[0] if roots else None, local_scopes=local)
 
     def __len__(self):
         return len(self.entries)

@@ -241,12 +241,14 @@ def test_rtld_local_scope(built, tmp_path):
     local = list(range(nglobal, len(res.objects)))
     scope = Scope([(o.elf, 0, o.is_glibc) for o in res.objects], global_count=nglobal,
                   local_scopes={i: local for i in local})
+    auto = {bindings.format_binding(b) for b in bindings.compute_bindings(res)}
     ours = set()
     for b in bindings.compute_bindings(res, scope):
         if b.requester in (new[0].path, new[1].path):
             ours.add(bindings.format_binding(b))
     theirs = {l for l in glibc_bindings(path, [], tmp_path) if requester(l) in (new[0].path, new[1].path)}
     assert ours == theirs
+    assert {l for l in auto if requester(l) in (new[0].path, new[1].path)} == theirs
     assert any("libC.so [0]: normal symbol `c_calls_deep'" in l for l in ours)
     assert any("to " + str(built / "libB.so") + " [0]: normal symbol `deep'" in l for l in ours)
     # the program itself does not see libA's symbols (RTLD_LOCAL)
