@@ -9,6 +9,7 @@ already pooled program costs a few stat calls, not a resolution."""
 import collections
 import os
 import struct
+import time
 
 from loader.errors import BrokerError, ResolveError
 from loader.protocol import ProtocolError
@@ -18,14 +19,16 @@ HDR_SIZE = HDR.size          # 144: struct ldp_plan_hdr
 LEASE_OFF = HDR_SIZE - 8
 FIRST_INDEX_OFF = 44
 CACHE_MAX = 512
+RECHECK = 0.05
 
 
 class Acquisition:
-    __slots__ = ("plan", "keys", "context", "files", "placed")
+    __slots__ = ("plan", "keys", "context", "files", "placed", "checked")
 
     def __init__(self, plan, keys, context=None, files=(), placed=()):
         self.plan, self.keys, self.context, self.files = plan, keys, context, files
         self.placed = placed      # the PlacedImage objects the plan's addresses come from
+        self.checked = 0.0        # when its files were last found unchanged
 
 
 def set_lease(plan, lease):
@@ -94,10 +97,20 @@ class Acquirer:
             rec = images.get(k)
             if rec is None or rec.placed is not placed:
                 return False
+        # files are re-checked at most every RECHECK seconds: a burst of
+        # starts costs one round of stat calls, and a program replaced on
+        # disk is seen within RECHECK (the old plan stays consistent: its
+        # images are the old version's)
+        now = time.monotonic()
+        if now - acq.checked < RECHECK:
+            return True
         try:
-            return all(_stat_id(p) == sid for p, sid in acq.files)
+            ok = all(_stat_id(p) == sid for p, sid in acq.files)
         except OSError:
             return False
+        if ok:
+            acq.checked = now
+        return ok
 
     def _build_program(self, path, argv0, cwd, env, preload):
         from loader import plan, resolve
@@ -133,16 +146,25 @@ class Acquirer:
             path, _argv0, cwd, env, preload = ctx["params"]
             res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
             ctx["res"] = res
-        req_obj = next((o for o in res.objects if requester and o.path == requester), None)
+        req_obj = _find_requester(res, requester)
         new = resolve.resolve_dlopen(res, name, req_obj)
-        pooled = [o for o in new if not o.is_glibc]
-        if not pooled:
-            return Acquisition(empty_plan(self.store.pool_size, first), [])
-        build = getattr(plan, "build_dlopen_plan", None)
-        if build is None:
-            raise BrokerError("dlopen plans are not available in this build (loader.plan.build_dlopen_plan)")
-        blob = build(res, new, self.store, first_index=first)
-        return Acquisition(blob, [self.store.place(o).key for o in pooled])
+        blob = plan.build_dlopen_plan(res, new, self.store, first_index=first)
+        return Acquisition(blob, [self.store.place(o).key for o in new if not o.is_glibc])
+
+
+def _find_requester(res, requester):
+    """The loaded object that called dlopen (for its RPATH/RUNPATH/$ORIGIN);
+    None (the main program) when it is not one of the lease's objects."""
+    if not requester:
+        return None
+    real = os.path.realpath(requester)
+    for o in res.objects:
+        if o.path == requester:
+            return o
+    for o in res.objects:
+        if o.elf is not None and os.path.realpath(o.path) == real:
+            return o
+    return None
 
 
 def empty_plan(pool_size, first_index=0, placed=()):

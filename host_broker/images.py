@@ -20,13 +20,19 @@ PAGE = 4096
 
 class ImageRecord:
     __slots__ = ("key", "path", "soname", "placed", "extent_va", "sha256", "deps",
-                 "state", "uids", "relro_bytes")
+                 "state", "uids", "relro_bytes", "_info_json")
 
     def __init__(self, key, path, soname, placed, extent_va, sha256, deps, state="live"):
         self.key, self.path, self.soname, self.placed = key, path, soname, placed
         self.extent_va, self.sha256, self.deps, self.state = extent_va, sha256, deps, state
         self.uids = set()          # uids that acquired it this epoch (privacy of stats)
         self.relro_bytes = 0       # pages ld.so would relocate privately in every process
+        self._info_json = None
+
+    def info_json(self):
+        if self._info_json is None:
+            self._info_json = encode(self.placed.info)
+        return self._info_json
 
     @property
     def map_start(self):
@@ -178,7 +184,7 @@ class ImageStore:
                  "pool_off": r.placed.pool_off, "size": r.placed.size, "extent_va": r.extent_va,
                  "map_start": r.map_start, "map_end": r.map_end, "sha256": r.sha256,
                  "deps": r.deps, "state": r.state, "relro_bytes": r.relro_bytes,
-                 "info": encode(r.placed.info)}
+                 "info": r.info_json()}
                 for r in self.images.values()]
 
     def restore(self, entries, log):
@@ -208,6 +214,7 @@ class ImageStore:
             rec = ImageRecord(e["key"], e["path"], e["soname"], placed, e["extent_va"],
                               e["sha256"], e["deps"], state)
             rec.relro_bytes = e.get("relro_bytes", 0)
+            rec._info_json = e["info"]
             if info is None:
                 rec.placed = _Bare(e)
             self._add(rec)

@@ -208,8 +208,14 @@ class Broker:
     async def _build_program(self, client, payload):
         req = P.Request.decode(payload)
         async with self._build_lock:
-            acq = await asyncio.to_thread(self.acquirer.program, req, payload)
+            acq = await asyncio.to_thread(self._in_worker, self.acquirer.program, req, payload)
             return self._grant(client, acq)
+
+    def _in_worker(self, fn, *args):
+        try:
+            return fn(*args)
+        finally:
+            self.state.flush()
 
     def _grant(self, client, acq):
         if client.id not in self.clients:
@@ -238,7 +244,7 @@ class Broker:
 
     async def _build_library(self, client, req, lease):
         async with self._build_lock:
-            acq = await asyncio.to_thread(self.acquirer.library, lease, req)
+            acq = await asyncio.to_thread(self._in_worker, self.acquirer.library, lease, req)
             if lease.id not in self.state.refs.leases:
                 raise BrokerError(f"lease {lease.id} was released meanwhile")
             self.state.refs.extend(lease, acq.keys)

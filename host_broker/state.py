@@ -73,13 +73,25 @@ class BrokerState:
         self.pool, self.boot = pool, boot
         self.placements = placements or Placements(pool.window, pool.window_size, slide)
         self.refs = RefCounts(lease_prefix=boot)
-        self.store = ImageStore(pool, self.placements, self.refs, on_change=self.save, **self._store_kw)
+        self.dirty = False
+        self.store = ImageStore(pool, self.placements, self.refs, on_change=self._changed,
+                                **self._store_kw)
+
+    def _changed(self):
+        self.dirty = True
+
+    def flush(self):
+        """Journal the images built by one acquisition, once it is complete
+        (a crash before that loses only images no client was told about)."""
+        if self.dirty:
+            self.save()
 
     @property
     def epoch(self):
         return self.pool.epoch
 
     def save(self):
+        self.dirty = False
         journal.save(self.journal_path, {
             "version": 1, "pool": self.pool_name, "pool_size": self.pool.size,
             "instance": self.pool.instance.hex(), "epoch": self.pool.epoch,

@@ -306,3 +306,33 @@ def test_embedded_broker_starts_and_exits_when_idle(tmp_path):
             posix_ipc.unlink_shared_memory(pool)
         except posix_ipc.ExistentialError:
             pass
+
+
+def test_dlopen_joins_the_lease_and_dlclose_releases(broker, tmp_path):
+    with broker.connect() as c:
+        plan = c.acquire_program("/usr/bin/gzip")
+        lease = C.plan_lease(plan)
+        n0 = len(C.plan_objects(plan))
+        pz = c.acquire_library(lease, "libz.so.1", requester="/usr/bin/gzip", flags=2)
+        assert C.plan_lease(pz) == lease
+        hdr = struct.unpack_from("<8sII IIII II II", pz, 0)
+        assert hdr[10] == n0                                   # first_index
+        (z,) = C.plan_objects(pz)
+        # dlopen of something the lease holds: an empty plan
+        again = c.acquire_library(lease, "libz.so.1", requester="/usr/bin/gzip", flags=2)
+        assert C.plan_objects(again) == []
+        st = broker.stats()
+        zim = next(im for im in st["images"] if im["map_start"] == hex(z[1]))
+        assert zim["path"].endswith("libz.so.1") or "libz.so" in zim["path"]
+        assert zim["refs"] == 1
+        # a missing library is a one-line error, and the lease is untouched
+        with pytest.raises(BrokerError, match="libnope"):
+            c.acquire_library(lease, "libnope.so.9", requester="/usr/bin/gzip")
+        c.release(lease, objects=[n0])                         # dlclose(libz)
+        st = broker.stats()
+        assert next(im for im in st["images"] if im["map_start"] == hex(z[1]))["refs"] == 0
+        assert st["totals"]["leases"] == 1
+        # another connection cannot touch this lease
+        with broker.connect() as other:
+            with pytest.raises(BrokerError, match="not held by this connection"):
+                other.acquire_library(lease, "libz.so.1")
