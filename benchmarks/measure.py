@@ -8,6 +8,7 @@ import mmap
 import os
 import re
 import statistics
+import struct
 import tempfile
 import time
 
@@ -74,6 +75,33 @@ def _is_elf(path):
     return _elf_cache[path]
 
 
+_bss_cache = {}
+
+
+def bss_bytes(path):
+    """Size of the anonymous zero-fill tail ld.so maps after an object's
+    last PT_LOAD: page_up(vaddr + memsz) - page_up(vaddr + filesz)."""
+    if path not in _bss_cache:
+        size = 0
+        try:
+            with open(path, "rb") as f:
+                eh = f.read(64)
+                phoff, = struct.unpack_from("<Q", eh, 32)
+                phentsize, phnum = struct.unpack_from("<HH", eh, 54)
+                f.seek(phoff)
+                ph = f.read(phentsize * phnum)
+            loads = [struct.unpack_from("<IIQQQQQQ", ph, i * phentsize) for i in range(phnum)]
+            loads = [p for p in loads if p[0] == 1]
+            if loads:
+                _, _, _, vaddr, _, filesz, memsz, _ = max(loads, key=lambda p: p[3])
+                up = lambda x: (x + 4095) & ~4095  # noqa: E731
+                size = max(0, up(vaddr + memsz) - up(vaddr + filesz))
+        except (OSError, struct.error):
+            pass
+        _bss_cache[path] = size
+    return _bss_cache[path]
+
+
 def attribute(maps, ranges=(), pool_paths=()):
     """Group mappings by the object they belong to.
 
@@ -82,15 +110,20 @@ def attribute(maps, ranges=(), pool_paths=()):
     whatever backs it (pool file, private copy-on-write, anonymous .bss or
     slot pages).  Otherwise a file mapping belongs to its file, and an
     anonymous mapping right after an object's last mapping is that object's
-    .bss, as ld.so lays it out.  Returns {label: {"kind", field: kB...,
+    .bss, as ld.so lays it out -- up to the .bss size its program headers
+    give: the kernel merges the .bss with an adjacent anonymous mapping of
+    the same protection (a malloc arena, say), and then only that share of
+    the merged mapping's counters is charged to the object.  Returns {label: {"kind", field: kB...,
     "USS", "anon_USS"}} where kind is "object" (program, pooled library,
     launcher or pool), "glibc" or "other"."""
     ranges = sorted(ranges)
     pool_paths = set(pool_paths)
     out = {}
     prev_label, prev_end = None, None
+    bss_left = {}  # label -> bytes of .bss still unaccounted for
     for m in maps:
         label = kind = None
+        share = 1.0
         for lo, hi, name in ranges:
             if lo <= m.start < hi:
                 label, kind = name, "object"
@@ -102,26 +135,36 @@ def attribute(maps, ranges=(), pool_paths=()):
             elif m.path.startswith("/") and _is_elf(m.path):
                 label = m.path
                 kind = "glibc" if is_glibc_family(m.path) else "object"
-            elif anon and prev_label is not None and m.start == prev_end:
+            elif anon and prev_label is not None and m.start == prev_end and bss_left.get(prev_label, 0) > 0:
                 label = prev_label
                 kind = out[label]["kind"]
+                share = min(1.0, bss_left[label] / (m.end - m.start))
+                bss_left[label] -= m.end - m.start
+                if share < 1.0:
+                    _add(out, "[anon]", "other", m, 1.0 - share, True)
             else:
                 label, kind = (m.path or "[anon]"), "other"
-        e = out.get(label)
-        if e is None:
-            e = out[label] = dict(kind=kind, USS=0, anon_USS=0, anon_Private_Dirty=0,
-                                 **{f: 0 for f in FIELDS})
-        for f in FIELDS:
-            e[f] += getattr(m, f)
-        e["USS"] += m.uss
-        if anon:
-            e["anon_USS"] += m.uss
-            e["anon_Private_Dirty"] += m.Private_Dirty
+        _add(out, label, kind, m, share, anon)
+        if not anon and kind != "other" and label == m.path and label not in bss_left:
+            bss_left[label] = bss_bytes(m.path)
         if kind == "object" or kind == "glibc":
             prev_label, prev_end = label, m.end
         else:
             prev_label = prev_end = None
     return out
+
+
+def _add(out, label, kind, m, share, anon):
+    e = out.get(label)
+    if e is None:
+        e = out[label] = dict(kind=kind, USS=0, anon_USS=0, anon_Private_Dirty=0,
+                             **{f: 0 for f in FIELDS})
+    for f in FIELDS:
+        e[f] += getattr(m, f) * share
+    e["USS"] += m.uss * share
+    if anon:
+        e["anon_USS"] += m.uss * share
+        e["anon_Private_Dirty"] += m.Private_Dirty * share
 
 
 def summarize(objects):

@@ -67,15 +67,17 @@ def _memory(res, plt):
             continue
         ns = [int(n) for n in pres["by_N"]]
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for ax, (group, field, title) in zip(axes, (("all", "Pss", "whole process, Pss"),
+        for ax, (group, field, title) in zip(axes, (("all", "Pss", "whole process, Pss (+ broker's share / N)"),
                                                     ("objects", "Private_Dirty",
                                                      "program + non-glibc libraries, Private_Dirty"))):
             missing = []
-            for key, label, color in MODES:
+            for (key, label, color), style in zip(MODES, ("o-", "s-", "x--")):
                 pts = [(n, pres["by_N"][str(n)].get(key, {})) for n in ns]
-                pts = [(n, e["per_process_kB"][group][field] / 1024) for n, e in pts if e.get("available")]
+                pts = [(n, (e.get("pss_with_broker_share_kB") if field == "Pss" else None)
+                        or e["per_process_kB"][group][field]) for n, e in pts if e.get("available")]
+                pts = [(n, v / 1024) for n, v in pts]
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label, color=color)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, color=color)
                 else:
                     missing.append(label)
             ax.set_xscale("log", base=2)

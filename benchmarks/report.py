@@ -35,9 +35,11 @@ def headlines(res):
         pa = a["per_process_kB"]["objects"]["Private_Dirty"] if a.get("available") else None
         pb = b["per_process_kB"]["objects"]["Private_Dirty"] if b.get("available") else None
         sa = a["per_process_kB"]["all"]["Pss"] if a.get("available") else None
-        sb = b["per_process_kB"]["all"]["Pss"] if b.get("available") else None
+        sb = b.get("pss_with_broker_share_kB") if b.get("available") else None
+        sb0 = b["per_process_kB"]["all"]["Pss"] if b.get("available") else None
         out.append(("llc-14 at N=16, per process (Pss; private library memory)",
-                    f"ld.so {_mib(sa)}; {_mib(pa)} -- ldpool {_mib(sb)}; {_mib(pb)}"
+                    f"ld.so {_mib(sa)}; {_mib(pa)} -- ldpool {_mib(sb0)} ({_mib(sb)} with the broker's share); "
+                    f"{_mib(pb)}"
                     + ("" if b.get("available") else f" ({_why(b.get('reason'))})")))
     k = res.get("time_to_share", {})
     for key, label in (("ksm_aslr_on", "ASLR on"), ("ksm_aslr_off", "ASLR off")):
@@ -144,6 +146,7 @@ def _memory(mem):
          "(what ldpool pools), .bss included; Pss/USS of the whole process. KSM: ld.so clients opted in with "
          f"prctl(PR_SET_MEMORY_MERGE), scanned at {mem.get('ksm', {}).get('settings')} for up to "
          f"{mem.get('ksm', {}).get('max_wait_s')} s (three full scans, at least half that time).", "",
+         "ldpool's Pss column adds the broker's Pss divided by N: the broker maps the pool and is ldpool's cost.", "",
          "| program | N | mode | Pss | USS | objects Private_Dirty | objects USS | note |",
          "|---|---:|---|---:|---:|---:|---:|---|"]
     for prog, p in mem["programs"].items():
@@ -156,7 +159,11 @@ def _memory(mem):
                 pp = e["per_process_kB"]
                 note = (f"waited {e['waited_s']} s, {e['full_scans']} scans, ksmd {e['ksmd_cpu_s']} s"
                         if key == "ldso_ksm" else "")
-                L.append(f"| {prog} | {n} | {label} | {_mib(pp['all']['Pss'])} | {_mib(pp['all']['USS'])} | "
+                if key == "ldpool" and "broker_kB" in e:
+                    note = (f"clients alone {_mib(pp['all']['Pss'])}; broker Pss {_mib(e['broker_kB']['Pss'])} "
+                            "(its pool holds whole images)")
+                L.append(f"| {prog} | {n} | {label} | {_mib(e.get('pss_with_broker_share_kB', pp['all']['Pss']))} | "
+                         f"{_mib(pp['all']['USS'])} | "
                          f"{_mib(pp['objects']['Private_Dirty'])} | {_mib(pp['objects']['USS'])} | {note} |")
     acc = mem.get("acceptance", {})
     L += ["", f"### Issue 4 acceptance: private memory of pooled objects at N = {acc.get('N')} (limit 5 % of ld.so's)", ""]

@@ -25,22 +25,39 @@ def run(ctx):
             out["programs"][prog] = {"skipped": "not installed"}
             continue
         res = out["programs"][prog] = {"argv": argv, "by_N": {}}
-        for n in ns:
-            row = res["by_N"][str(n)] = {}
-            ctx.step(f"memory: {n} x {prog} under ld.so")
-            row["ldso"] = measure_clients(argv, n)
-            if ctx.ldpool_ok:
-                ctx.step(f"memory: {n} x {prog} through ldpool")
-                row["ldpool"] = measure_clients(argv, n, broker=ctx.broker)
-            else:
-                row["ldpool"] = {"available": False, "reason": ctx.ldpool_reason}
-            if ksm_ok:
-                ctx.step(f"memory: {n} x {prog} under ld.so + KSM")
-                row["ldso_ksm"] = measure_clients_ksm(argv, n, ksm_cap)
-            else:
-                row["ldso_ksm"] = {"available": False, "reason": out["ksm"]["reason"]}
+        # a broker of its own per program, so that the broker's share
+        # charged to these clients is for their images only
+        broker = runners.Broker() if ctx.ldpool_ok else None
+        try:
+            if broker and not broker.start():
+                broker.close()
+                broker = None
+            why = ctx.ldpool_reason if not ctx.ldpool_ok else "a fresh broker did not start"
+            for n in ns:
+                res["by_N"][str(n)] = _row(ctx, prog, argv, n, broker, why, ksm_cap if ksm_ok else None,
+                                           out["ksm"].get("reason"))
+        finally:
+            if broker:
+                broker.close()
     out["acceptance"] = acceptance(out)
     return out
+
+
+def _row(ctx, prog, argv, n, broker, why, ksm_cap, ksm_why):
+    row = {}
+    ctx.step(f"memory: {n} x {prog} under ld.so")
+    row["ldso"] = measure_clients(argv, n)
+    if broker:
+        ctx.step(f"memory: {n} x {prog} through ldpool")
+        row["ldpool"] = measure_clients(argv, n, broker=broker)
+    else:
+        row["ldpool"] = {"available": False, "reason": why}
+    if ksm_cap:
+        ctx.step(f"memory: {n} x {prog} under ld.so + KSM")
+        row["ldso_ksm"] = measure_clients_ksm(argv, n, ksm_cap)
+    else:
+        row["ldso_ksm"] = {"available": False, "reason": ksm_why}
+    return row
 
 
 def measure_clients(argv, n, broker=None):
@@ -56,7 +73,16 @@ def measure_clients(argv, n, broker=None):
                 return {"available": False,
                         "reason": f"{on_pool.count(False)} of {n} clients do not map the pool (fallback?)"}
         mean, per_obj = measure.mean_memory(c.pids, broker.ranges() if broker else (), pool_paths)
-        return {"available": True, "per_process_kB": mean, "per_object_kB": _top(per_obj)}
+        out = {"available": True, "per_process_kB": mean, "per_object_kB": _top(per_obj)}
+        if broker and broker.proc:
+            # the broker is ldpool's cost too: it maps the pool (sharing the
+            # pages' Pss with the clients) and is a Python process
+            b = measure.process_memory(broker.proc.pid, broker.ranges(), pool_paths)[1]["all"]
+            out["broker_kB"] = {k: b[k] for k in ("Rss", "Pss", "USS")}
+            out["pss_with_broker_share_kB"] = round(mean["all"]["Pss"] + b["Pss"] / n, 1)
+        else:
+            out["pss_with_broker_share_kB"] = mean["all"]["Pss"]
+        return out
 
 
 def measure_clients_ksm(argv, n, cap):
