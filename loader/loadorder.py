@@ -6,6 +6,8 @@ import os
 from loader import searchpath as sp
 from loader import hwcaps as _hwcaps
 from loader.elf import DT, DF_1_PIE, ET_DYN, PT_DYNAMIC, ElfFile
+
+DT_NEEDED, DT_AUXILIARY, DT_FILTER = DT["NEEDED"], 0x7FFFFFFD, 0x7FFFFFFF
 from loader.errors import ElfError, ResolveError
 from loader.resolve import (DF_1_NODEFLIB, DF_1_NOOPEN, RTLD_PATH, LoadedObject, Resolution,
                             is_glibc_soname)
@@ -234,9 +236,10 @@ class Loader:
         if preload is not None:
             names = list(preload)
         elif env.get("LD_PRELOAD"):
-            text = env["LD_PRELOAD"]
-            pieces = text.replace(":", " ").split(" ")
-            names = [p if len(p) < SECURE_PATH_LIMIT else "" for p in pieces]
+            pieces = env["LD_PRELOAD"].replace(":", " ").split(" ")
+            names = [p for p in pieces if p and len(p) < SECURE_PATH_LIMIT]
+        # dso_name_valid_for_suid: no directories in a secure program's LD_PRELOAD
+        names = [n for n in names if not (secure and "/" in n)]
         if os.access(PRELOAD_FILE, os.R_OK):
             try:
                 with open(PRELOAD_FILE, "rb") as f:
@@ -246,35 +249,75 @@ class Loader:
             for line in lines:
                 line = line.split("#", 1)[0]
                 names += [p for p in line.replace(":", " ").replace("\t", " ").split(" ") if p]
-        return [n for n in names if n and not (secure and "/" in n)]
+        return [n for n in names if n]
 
     def _deps_bfs(self, start, reserved, trace):
         """_dl_map_object_deps() from searchlist[start]: appends every new
-        object (and, in trace mode, every missing name) breadth first."""
+        object (and, in trace mode, every missing name) breadth first.
+        DT_FILTER/DT_AUXILIARY objects go just before their filter instead
+        (a missing auxiliary object is ignored)."""
         i = start
         sl = self.searchlist
+        done = set()
         while i < len(sl):
             obj = sl[i]
-            i += 1
-            if not isinstance(obj, LoadedObject) or obj.elf is None:
+            if id(obj) in done or not isinstance(obj, LoadedObject) or obj.elf is None:
+                i += 1
                 continue
-            fill = not obj.deps
-            for raw in obj.elf.needed:
-                name = raw
-                if sp.dst_count(raw):
-                    if self.ctx.secure:
-                        raise ResolveError(f"{raw}: DST not allowed in SUID/SGID programs")
-                    name = self.ctx.expand(obj, raw)
-                    if not name:
+            done.add(id(obj))
+            fill = not obj.deps and not obj.filtees
+            pos, first = i, None
+            for tag, val in obj.elf.dynamic:
+                if tag == DT_NEEDED:
+                    name = self._dep_name(obj, obj.elf.dynstr(val), fatal=False)
+                    if name is None:
                         continue
-                dep = self.map_object(obj, name, trace=trace)
-                if dep is None:
-                    sl.append((name, obj))
-                elif id(dep) not in reserved:
-                    reserved.add(id(dep))
-                    sl.append(dep)
-                if fill:
-                    obj.deps.append(dep)
+                    dep = self.map_object(obj, name, trace=trace)
+                    if dep is None:
+                        sl.append((name, obj))
+                    elif id(dep) not in reserved:
+                        reserved.add(id(dep))
+                        sl.append(dep)
+                    if fill:
+                        obj.deps.append(dep)
+                elif tag in (DT_AUXILIARY, DT_FILTER):
+                    name = self._dep_name(obj, obj.elf.dynstr(val), fatal=tag == DT_AUXILIARY)
+                    if name is None:
+                        continue
+                    try:
+                        aux = self.map_object(obj, name, trace=trace)
+                    except ResolveError:
+                        if tag == DT_AUXILIARY:
+                            continue
+                        raise
+                    if fill:
+                        obj.filtees.append(aux)
+                    if aux is None:
+                        aux = (name, obj)
+                    elif id(aux) in reserved:
+                        j = next(k for k, o in enumerate(sl) if o is aux)
+                        if j < pos:
+                            continue  # already found earlier: stays there
+                        del sl[j]
+                        done.discard(id(aux))
+                    reserved.add(id(aux))
+                    sl.insert(pos, aux)
+                    first = pos if first is None else first
+                    pos += 1
+            i = first if first is not None else i + 1
+
+    def _dep_name(self, obj, raw, fatal):
+        """expand_dst(): the name with DSTs replaced, None to skip it."""
+        if not sp.dst_count(raw):
+            return raw
+        if self.ctx.secure:
+            raise ResolveError(f"{raw}: DST not allowed in SUID/SGID programs")
+        name = self.ctx.expand(obj, raw)
+        if not name:
+            if fatal:
+                raise ResolveError(f"{raw}: empty dynamic string token substitution")
+            return None
+        return name
 
     def _finish(self, interp):
         objects = [o for o in self.searchlist if isinstance(o, LoadedObject)]

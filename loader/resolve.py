@@ -51,6 +51,7 @@ class LoadedObject:
     index: int = -1                # position in Resolution.objects (load order)
     loader: Optional["LoadedObject"] = None   # whose DT_NEEDED loaded it; None for main, preloads, dlopen roots
     deps: List[Optional["LoadedObject"]] = field(default_factory=list)  # per DT_NEEDED, None = not found
+    filtees: List[Optional["LoadedObject"]] = field(default_factory=list)  # DT_FILTER/DT_AUXILIARY objects
     soname: Optional[str] = None
     is_glibc: bool = False
     kind: str = "needed"           # main | preload | needed | interp | dlopen

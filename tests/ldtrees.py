@@ -194,4 +194,15 @@ def build_tree(root):
     os.symlink(t.p("real/bin/origin"), t.p("linkdir/origin"))
     S["symlinked_program"] = (t.p("linkdir/origin"), {}, None)
     S["relative_program_path"] = ("./bin/rpath_chain", {}, t.root)
+    # DT_FILTER / DT_AUXILIARY: the filtee goes just before its filter
+    t.lib("filt/libfiltee.so")
+    t.lib("filt/libauxee.so")
+    filt = t.lib("filt/libfilt.so", needs=[libb], extra=["-Wl,--filter=libfiltee.so", "-Wl,--auxiliary=libauxee.so",
+                                                          "-Wl,--auxiliary=libauxmissing.so"])
+    S["filters"] = (t.exe("bin/filt", needs=[filt], rpath="$ORIGIN/../filt:$ORIGIN/../lib1"), {}, None)
+    fee2 = t.lib("filt/libfiltee2.so")
+    filt2 = t.lib("filt/libfilt2.so", extra=["-Wl,--filter=libfiltee2.so"])
+    S["filter_moves_later_filtee"] = (t.exe("bin/filt2", needs=[filt2, fee2], rpath="$ORIGIN/../filt"), {}, None)
+    filt3 = t.lib("filt/libfilt3.so", extra=["-Wl,--filter=libfiltermissing.so"])
+    S["filter_missing"] = (t.exe("bin/filt3", needs=[filt3], rpath="$ORIGIN/../filt"), {}, None)
     return t, S

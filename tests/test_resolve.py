@@ -28,7 +28,8 @@ SCENARIOS = ["rpath_chain", "runpath_own", "runpath_stops_chain", "rpath_continu
              "soname_match", "same_file_two_names", "skip_wrong_class_machine", "only_wrong_class",
              "invalid_candidate", "missing", "hwcaps_subdirs", "slash_names", "slash_names_other_cwd",
              "llp_empty_is_cwd", "llp_relative", "llp_semicolon_origin", "preload", "nodeflib",
-             "nodeflib_llp", "circular", "library_as_main", "symlinked_program", "relative_program_path"]
+             "nodeflib_llp", "circular", "library_as_main", "symlinked_program", "relative_program_path",
+             "filters", "filter_moves_later_filtee", "filter_missing"]
 
 
 def ours(prog, env, cwd, kernel):
