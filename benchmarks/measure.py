@@ -75,6 +75,15 @@ def _is_elf(path):
     return _elf_cache[path]
 
 
+_real_cache = {}
+
+
+def _real(path):
+    if path not in _real_cache:
+        _real_cache[path] = os.path.realpath(path) if path.startswith("/") else path
+    return _real_cache[path]
+
+
 _bss_cache = {}
 
 
@@ -116,7 +125,8 @@ def attribute(maps, ranges=(), pool_paths=()):
     the merged mapping's counters is charged to the object.  Returns {label: {"kind", field: kB...,
     "USS", "anon_USS"}} where kind is "object" (program, pooled library,
     launcher or pool), "glibc" or "other"."""
-    ranges = sorted(ranges)
+    # one label per file whoever names it (/lib vs /usr/lib, symlinks)
+    ranges = sorted((lo, hi, _real(name)) for lo, hi, name in ranges)
     pool_paths = set(pool_paths)
     out = {}
     prev_label, prev_end = None, None
@@ -133,7 +143,7 @@ def attribute(maps, ranges=(), pool_paths=()):
             if m.path in pool_paths or m.path.startswith("/dev/shm/ldpool"):
                 label, kind = "pool:" + os.path.basename(m.path), "object"
             elif m.path.startswith("/") and _is_elf(m.path):
-                label = m.path
+                label = _real(m.path)
                 kind = "glibc" if is_glibc_family(m.path) else "object"
             elif anon and prev_label is not None and m.start == prev_end and bss_left.get(prev_label, 0) > 0:
                 label = prev_label
@@ -145,7 +155,7 @@ def attribute(maps, ranges=(), pool_paths=()):
             else:
                 label, kind = (m.path or "[anon]"), "other"
         _add(out, label, kind, m, share, anon)
-        if not anon and kind != "other" and label == m.path and label not in bss_left:
+        if not anon and kind != "other" and m.path and label == _real(m.path) and label not in bss_left:
             bss_left[label] = bss_bytes(m.path)
         if kind == "object" or kind == "glibc":
             prev_label, prev_end = label, m.end

@@ -1,6 +1,7 @@
 """The Markdown report and the short headline of a results dict: every
 figure a ratio or a side-by-side pair from the same run, and every missing
 figure marked "not available" with its reason."""
+import os
 
 NA = "not available"
 _GLOBAL_WHY = [None]  # the run-wide reason ldpool was not measured, said once at the top
@@ -176,9 +177,38 @@ def _memory(mem):
                  f"**{a['ratio']:.1%}** ({'PASS' if e['pass'] else 'FAIL'}); without .bss (zero-fill memory "
                  f"no loader can share) {_mib(b['ldso_kB'])} vs {_mib(b['ldpool_kB'])}: "
                  f"**{b['ratio']:.1%}** ({'PASS' if e['pass_no_bss'] else 'FAIL'})")
-    L += ["", "Largest objects per process at N = 16 (ld.so / ldpool, Pss and Private_Dirty) are in results.json "
-          "(`memory.programs.*.by_N.*.*.per_object_kB`).", ""]
+    L += _per_library(mem)
     return L
+
+
+def _per_library(mem):
+    """Per library at the largest N up to 16: where each loader's memory goes."""
+    L = []
+    for prog, p in mem["programs"].items():
+        ns = [int(n) for n in p.get("by_N", {}) if int(n) <= 16]
+        if not ns:
+            continue
+        n = max(ns)
+        row = p["by_N"][str(n)]
+        modes = [(k, lbl) for k, lbl in (("ldso", "ld.so"), ("ldpool", "ldpool"), ("ldso_ksm", "ld.so+KSM"))
+                 if row.get(k, {}).get("available")]
+        if not modes:
+            continue
+        libs = {}
+        for k, _ in modes:
+            for lib, e in row[k]["per_object_kB"].items():
+                libs.setdefault(lib, {})[k] = e
+        top = sorted(libs, key=lambda l: -max(e["Private_Dirty"] for e in libs[l].values()))[:10]
+        L += ["", f"#### {prog}, N = {n}: per library, kB per process (Pss / USS / Private_Dirty)", "",
+              "| library | " + " | ".join(lbl for _, lbl in modes) + " |",
+              "|---|" + "---:|" * len(modes)]
+        for lib in top:
+            cells = []
+            for k, _ in modes:
+                e = libs[lib].get(k)
+                cells.append(f"{e['Pss']:.0f} / {e['USS']:.0f} / {e['Private_Dirty']:.0f}" if e else "")
+            L.append(f"| {os.path.basename(lib)} | " + " | ".join(cells) + " |")
+    return L + [""]
 
 
 def _ksm(k):
