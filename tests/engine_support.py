@@ -80,6 +80,19 @@ def read_mem(pid, start, size):
     return buf
 
 
+def read_relocated(pid, b, image_addr, size):
+    """The live image, read only over the span the relocations touch (the
+    rest stays zero): big libraries keep most of their bytes in text."""
+    addrs = list(b.addr) + list(b.relr)
+    if not addrs:
+        return bytearray(size)
+    lo = (min(addrs) - image_addr) & ~0xFFF
+    hi = min(size, max(addrs) - image_addr + 16)
+    buf = bytearray(size)
+    buf[lo:hi] = read_mem(pid, image_addr + lo, hi - lo)
+    return buf
+
+
 def file_image(elf, l_addr):
     """(image, image_addr): the object's memory image as the file gives it."""
     lo = min(s.vaddr for s in elf.loads) & ~0xFFF
@@ -132,7 +145,7 @@ def live_check(pid, scope, i, relro_only=False):
     elf = scope.elf(i)
     b = reloc.bind(scope, i)
     img, image_addr = file_image(elf, scope.l_addr(i))
-    live_img = read_mem(pid, image_addr, len(img))
+    live_img = read_relocated(pid, b, image_addr, len(img))
     modid, tpoff = tls_tables(b, live_img, image_addr, len(scope))
     deferred = set(reloc.apply(img, image_addr, b, tls_modid=modid, tls_tpoff=tpoff))
     lo, hi = 0, len(img)
