@@ -213,7 +213,12 @@ def test_stats_do_not_leak_other_users_programs(tmp_path):
                     "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
                     "c = C.connect(sys.argv[1], name='nobody')\n"
                     "c.acquire_program('/usr/bin/xz')\n"
-                    "print(json.dumps(c.stats()))\n")
+                    "try:\n"
+                    "    os.open('/dev/shm' + c.pool_name, os.O_RDONLY); opened = True\n"
+                    "except PermissionError:\n"
+                    "    opened = False\n"
+                    "s = c.stats(); s['opened_pool_file'] = opened\n"
+                    "print(json.dumps(s))\n")
             out = subprocess.run([sys.executable, "-c", code, b.socket], capture_output=True,
                                  text=True, timeout=60, cwd="/")
             assert out.returncode == 0, out.stderr
@@ -223,6 +228,7 @@ def test_stats_do_not_leak_other_users_programs(tmp_path):
             assert not any("zstd" in p for p in paths)        # root's program stays hidden
             assert seen["totals"]["hidden_images"] >= 2
             assert [cl["name"] for cl in seen["clients"]] == ["nobody"]
+            assert not seen["opened_pool_file"]       # only the read-only fd from HELLO
             mine = {im["path"] for im in c.stats()["images"]}
             assert any("zstd" in p for p in mine)         # the broker's own uid sees all
     finally:
