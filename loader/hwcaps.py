@@ -30,16 +30,30 @@ PLATFORMS = {"haswell": 2, "xeon_phi": 3}
 HWCAP_PLATFORM_MASK = ((1 << 4) - 1) << FIRST_PLATFORM_BIT
 
 _V2 = ("cx16", "lahf_lm", "popcnt", "pni", "ssse3", "sse4_1", "sse4_2")
-_V3 = ("avx", "avx2", "f16c", "fma", "abm", "movbe")
+# Debian's 2.36 has the backport that makes x86-64-v3 need BMI1/BMI2 too
+_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe")
 _V4 = ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 _BASE = ("cmov", "cx8", "fpu", "fxsr", "mmx", "sse", "sse2")
 _HASWELL = ("avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "popcnt")
+# glibc.cpu.hwcaps=-NAME,... turns features off (sysdeps/x86/cpu-tunables.c);
+# only those that change the search matter here.  OSXSAVE takes the AVX
+# state, hence every AVX feature, with it.
+_AVX_STATE = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl",
+              "avx512er", "avx512pf")
+_TUNABLE_FLAGS = {
+    "AVX": ("avx",), "CX8": ("cx8",), "FMA": ("fma",), "AVX2": ("avx2",), "BMI1": ("bmi1",),
+    "BMI2": ("bmi2",), "CMOV": ("cmov",), "SSE2": ("sse2",), "LZCNT": ("abm",), "MOVBE": ("movbe",),
+    "SSSE3": ("ssse3",), "POPCNT": ("popcnt",), "SSE4_1": ("sse4_1",), "SSE4_2": ("sse4_2",),
+    "AVX512F": ("avx512f",), "AVX512CD": ("avx512cd",), "AVX512BW": ("avx512bw",),
+    "AVX512DQ": ("avx512dq",), "AVX512ER": ("avx512er",), "AVX512PF": ("avx512pf",),
+    "AVX512VL": ("avx512vl",), "OSXSAVE": _AVX_STATE,
+}
 
 
 @dataclass(frozen=True)
 class HwCaps:
     """The CPU-dependent inputs of ld.so's library search."""
-    isa_1: int            # ISA_* bits this CPU supports
+    isa_1: int            # ISA_* bits of the CPU (before glibc.cpu.hwcaps tunables)
     subdirs: tuple        # active glibc-hwcaps names, best first
     platform: str         # GLRO(dl_platform): $PLATFORM and a legacy subdir
     hwcap: int            # GLRO(dl_hwcap)
@@ -100,16 +114,22 @@ def legacy_subdirs(names):
     return tuple(out)
 
 
-def _hwcap_mask_from_env(env):
-    """glibc.cpu.hwcap_mask, set by GLIBC_TUNABLES or its alias LD_HWCAP_MASK."""
+def _tunables_from_env(env):
+    """(glibc.cpu.hwcap_mask, features turned off by glibc.cpu.hwcaps), from
+    GLIBC_TUNABLES and LD_HWCAP_MASK (the mask's alias)."""
     mask = HWCAP_IMPORTANT
     if env.get("LD_HWCAP_MASK"):
         mask = _strtoul(env["LD_HWCAP_MASK"], mask)
+    off = set()
     for item in env.get("GLIBC_TUNABLES", "").split(":"):
         key, _, val = item.partition("=")
         if key == "glibc.cpu.hwcap_mask" and val:
             mask = _strtoul(val, mask)
-    return mask
+        elif key == "glibc.cpu.hwcaps":
+            for name in val.split(","):
+                if name.startswith("-"):
+                    off.update(_TUNABLE_FLAGS.get(name[1:], ()))
+    return mask, frozenset(off)
 
 
 def _strtoul(s, default):
@@ -122,9 +142,7 @@ def _strtoul(s, default):
         return default
 
 
-@functools.lru_cache(maxsize=8)
-def _detect(hwcap_mask):
-    flags, vendor = _cpu_flags()
+def _isa_level(flags):
     has = flags.issuperset
     isa = 0
     if has(_BASE):
@@ -135,6 +153,18 @@ def _detect(hwcap_mask):
                 isa |= ISA_V3
                 if has(_V4):
                     isa |= ISA_V4
+    return isa
+
+
+@functools.lru_cache(maxsize=16)
+def _detect(hwcap_mask, off):
+    cpu, vendor = _cpu_flags()
+    flags = cpu - off
+    has = flags.issuperset
+    # cpu_features->isa_1 (the cache's ISA check) is computed before the
+    # tunables apply; the active subdirectories and the platform after.
+    isa_1 = _isa_level(cpu)
+    isa = _isa_level(flags)
     subdirs = tuple(name for name, bit in (("x86-64-v4", ISA_V4), ("x86-64-v3", ISA_V3), ("x86-64-v2", ISA_V2))
                     if isa & bit)
     hwcap = HWCAP_X86_64
@@ -154,9 +184,9 @@ def _detect(hwcap_mask):
     names = [HWCAP_NAMES[b] for b in range(64) if masked & (1 << b) and b in HWCAP_NAMES]
     names += [platform, "tls"]
     capstr = tuple(f"glibc-hwcaps/{s}/" for s in subdirs) + legacy_subdirs(names)
-    return HwCaps(isa, subdirs, platform, hwcap, hwcap_mask, capstr)
+    return HwCaps(isa_1, subdirs, platform, hwcap, hwcap_mask, capstr)
 
 
 def detect(env=None):
     """HwCaps for this machine (and the hwcap mask an environment sets)."""
-    return _detect(_hwcap_mask_from_env(os.environ if env is None else env))
+    return _detect(*_tunables_from_env(os.environ if env is None else env))

@@ -160,6 +160,9 @@ def build_tree(root):
     hw2 = t.lib("hw/x86_64/libhw2.so")
     t.lib("hw/libhw2.so")
     S["hwcaps_subdirs"] = (t.exe("bin/hw", needs=[hw1, hw2], rpath="$ORIGIN/../hw"), {}, None)
+    S["hwcaps_tuned_down"] = (t.p("bin/hw"), {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}, None)
+    S["hwcaps_no_v2"] = (t.p("bin/hw"), {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-SSE4_2:glibc.cpu.hwcap_mask=0"}, None)
+    S["hwcap_mask_zero"] = (t.p("bin/hw"), {"LD_HWCAP_MASK": "0"}, None)
     # names with '/', absolute and relative to the working directory; $ORIGIN in DT_NEEDED
     absl = t.lib("lib6/libabs.so", soname=None)
     t.lib("lib6/sub/librel.so", soname=None)

@@ -26,15 +26,20 @@ def test_libcmp_compares_digit_runs_as_numbers(a, b, expect):
     assert _sign(libcmp(b, a)) == -expect or expect == 0
 
 
-def test_hwcaps_match_ld_so_help():
-    """The glibc-hwcaps and legacy subdirectories ld.so reports as searched."""
-    out = subprocess.run([RTLD, "--help"], capture_output=True, text=True).stdout
-    hw = hwcaps.detect({})
+TUNED = ["", "-AVX512F", "-AVX2", "-SSE4_2", "-AVX512VL,-BMI2", "-POPCNT", "-OSXSAVE", "-AVX", "-CMOV"]
+
+
+@pytest.mark.parametrize("off", TUNED)
+def test_hwcaps_match_ld_so_help(off):
+    """The glibc-hwcaps and legacy subdirectories ld.so reports as searched,
+    also with CPU features turned off by the glibc.cpu.hwcaps tunable."""
+    env = {"GLIBC_TUNABLES": f"glibc.cpu.hwcaps={off}"} if off else {}
+    out = subprocess.run([RTLD, "--help"], capture_output=True, text=True, env=env).stdout
+    hw = hwcaps.detect(env)
     block = out.split("Subdirectories of glibc-hwcaps directories, in priority order:")[1]
-    block = block.split("Legacy HWCAP")[0]
+    block, legacy = block.split("Legacy HWCAP subdirectories under library search path directories:")
     searched = [ln.split()[0] for ln in block.strip().splitlines() if "searched" in ln]
     assert list(hw.subdirs) == searched
-    legacy = out.split("Legacy HWCAP subdirectories under library search path directories:")[1]
     names = {ln.split()[0] for ln in legacy.strip().splitlines() if "searched" in ln}
     assert names == {c for cap in hw.capstr if not cap.startswith("glibc-hwcaps/") for c in cap.split("/") if c}
     assert f"{hw.platform} (AT_PLATFORM" in legacy
@@ -128,6 +133,19 @@ def test_written_caches_match_ld_so(hwcaps_caches, fmt):
         if n in answers:
             assert ours[n] == answers[n], (fmt, n)
     assert set(answers) >= {"libhc.so.1", "libhc4.so.1", "libhc2.so.1"}
+
+
+@pytest.mark.parametrize("off", ["-AVX512F", "-AVX2", "-SSE4_2"])
+def test_written_cache_with_tunables_matches_ld_so(hwcaps_caches, off):
+    if not _can_unshare():
+        pytest.skip("needs unshare -m (root) to show ld.so another ld.so.cache")
+    env = {"GLIBC_TUNABLES": f"glibc.cpu.hwcaps={off}"}
+    cache = LdCache(hwcaps_caches["new"], hw=hwcaps.detect(env))
+    names = ["libhc.so.1", "libhc4.so.1", "libhc2.so.1"]
+    answers, r = _ldso_cache_answers(names, env_extra=env, bind=hwcaps_caches["new"])
+    assert set(answers) >= set(names), r.stderr[-2000:]
+    for n in names:
+        assert cache.lookup(n) == answers[n], (off, n)
 
 
 def test_best_glibc_hwcaps_entry_wins(hwcaps_caches):

@@ -29,7 +29,8 @@ SCENARIOS = ["rpath_chain", "runpath_own", "runpath_stops_chain", "rpath_continu
              "invalid_candidate", "missing", "hwcaps_subdirs", "slash_names", "slash_names_other_cwd",
              "llp_empty_is_cwd", "llp_relative", "llp_semicolon_origin", "preload", "nodeflib",
              "nodeflib_llp", "circular", "library_as_main", "symlinked_program", "relative_program_path",
-             "filters", "filter_moves_later_filtee", "filter_missing"]
+             "filters", "filter_moves_later_filtee", "filter_missing", "hwcaps_tuned_down", "hwcaps_no_v2",
+             "hwcap_mask_zero"]
 
 
 def ours(prog, env, cwd, kernel):
@@ -213,3 +214,17 @@ def test_resolve_library_alone(tree):
     assert res.objects[0].path == "/lib/x86_64-linux-gnu/libz.so.1"
     assert [o.name for o in res.objects][1:] == ["libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
     assert res.objects[2].kind == "interp" and res.objects[2].path == "/lib64/ld-linux-x86-64.so.2"
+
+
+def test_hwcaps_scenarios_pick_different_files(tree):
+    """The CPU-dependent subdirectory choice really varies with the tunables."""
+    _, S = tree
+    picked = {}
+    for name in ("hwcaps_subdirs", "hwcaps_tuned_down", "hwcaps_no_v2", "hwcap_mask_zero"):
+        prog, env, cwd = S[name]
+        res = resolve_program(prog, env=dict(BASE_ENV, **env), cwd=cwd)
+        picked[name] = tuple(o.path.split("/hw/", 1)[1] for o in res.objects if "/hw/" in o.path)
+    assert picked["hwcaps_tuned_down"][0] == "glibc-hwcaps/x86-64-v2/libhw.so"
+    assert picked["hwcaps_no_v2"] == ("tls/libhw.so", "libhw2.so")
+    assert picked["hwcap_mask_zero"][1] == "libhw2.so"
+    assert len(set(picked.values())) >= 3, picked
