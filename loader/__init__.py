@@ -1,0 +1,10 @@
+"""ldpool's loader: the ELF model, ld.so's resolution rules, plans, and
+`loader.open(name)`, which maps a library from pool images into this
+process and returns a ctypes.CDLL-like handle."""
+
+
+def open(name):  # noqa: A001  (mirrors ctypes.CDLL / dlopen)
+    """Map library `name` and its dependencies into this process from pool
+    images; returns a handle whose attributes are its functions."""
+    from loader.inprocess import open as _open
+    return _open(name)
