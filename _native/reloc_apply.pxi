@@ -293,3 +293,22 @@ def pages_touched(b, uint64_t image_addr, Py_ssize_t size, select=None, page_siz
                 o[p] = 1
                 p += 1
     return out
+
+
+def lookup_keys(b):
+    """'Q' keys (symidx << 32 | target << 1 | protected) of the relocations
+    bound through a scope lookup (F_LOOKUP): what LD_DEBUG=bindings prints,
+    before de-duplication."""
+    cdef Py_ssize_t n = b.count, k, m = 0
+    cdef const uint8_t *flg = <uint8_t *>(<array.array>b.flags).data.as_uchars
+    cdef const uint32_t *sym = <uint32_t *>(<array.array>b.symidx).data.as_uints
+    cdef const int32_t *tgt = <int32_t *>(<array.array>b.target).data.as_ints
+    cdef array.array out = array.clone(_u64, n, False)
+    cdef uint64_t *o = <uint64_t *>out.data.as_ulonglongs
+    with nogil:
+        for k in range(n):
+            if flg[k] & 1:
+                o[m] = (<uint64_t>sym[k] << 32) | (<uint64_t><uint32_t>tgt[k] << 1) | ((flg[k] >> 1) & 1)
+                m += 1
+    array.resize(out, m)
+    return out

@@ -429,6 +429,13 @@ cdef class SymScope:
             return s.st_value
         return o.l_addr + s.st_value
 
+    def name(self, int obj, uint32_t symidx):
+        """Name of symbol `symidx` of object `obj` (str; '' when broken)."""
+        if not 0 <= obj < self.n or symidx >= self.objs[obj].nsyms:
+            raise IndexError((obj, symidx))
+        cdef const char *p = sym_name(&self.objs[obj], symidx)
+        return p.decode("utf-8", "surrogateescape") if p != NULL else ""
+
     @property
     def count(self):
         return self.n

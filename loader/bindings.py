@@ -46,19 +46,16 @@ def compute_bindings(resolution, scope=None):
         if o.is_glibc:
             continue
         b = reloc.bind(scope, i)
-        flags, target, symidx = b.flags, b.target, b.symidx
-        seen = set()
-        for k in range(b.count):
-            if flags[k] & reloc.F_LOOKUP:
-                seen.add((symidx[k], target[k], flags[k] & reloc.F_PROTECTED))
-        if not seen:
+        keys = set(reloc.lookup_keys(b))
+        if not keys:
             continue
         elf = o.elf
         versym = elf.versym
         vnames = _version_names(elf) if versym is not None else {}
-        for si, t, prot in sorted(seen):
+        for key in sorted(keys):
+            si, t, prot = key >> 32, (key >> 1) & 0x7FFFFFFF, key & 1
             ver = vnames.get(versym[si] & 0x7FFF) if versym is not None else None
-            out.append(Binding(names[i], names[t], elf.symbol(si).name, ver, bool(prot)))
+            out.append(Binding(names[i], names[t], scope.native.name(i, si), ver, bool(prot)))
     if objs and not objs[0].is_glibc:
         # rtld's own lookups after relocation (elf/dl-minimal.c,
         # __rtld_malloc_init_real): requested by the program, version GLIBC_2.2.5
