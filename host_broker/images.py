@@ -12,6 +12,7 @@ import os
 
 from loader import image as limage
 from loader.elf import ElfFile
+from loader.errors import BrokerError
 
 ET_EXEC = 2
 
@@ -54,8 +55,10 @@ class ImageStore:
     """ImageSource over the shared pool."""
 
     def __init__(self, pool, placements, refs, on_change=lambda: None, deps_of=canonical_deps,
-                 builder=None):
+                 builder=None, make_room=lambda: False):
         self.pool, self.placements, self.refs = pool, placements, refs
+        self.make_room = make_room
+        self.touched = set()        # keys placed by the acquisition in progress
         self.on_change, self.deps_of = on_change, deps_of
         self.builder = builder or limage.build_image
         self.images = {}            # key -> ImageRecord
@@ -79,6 +82,8 @@ class ImageStore:
         key = limage.image_key(elf)
         if key in self._building:
             return self._building[key]
+        # whatever this acquisition uses must survive a make_room() later in it
+        self.touched.add(key)
         rec = self.images.get(key)
         if rec is not None:
             if rec.state != "quarantined":
@@ -105,19 +110,12 @@ class ImageStore:
     # --- building ---------------------------------------------------------
     def _build(self, obj, elf, key):
         lay = limage.layout(elf)
-        if elf.e_type == ET_EXEC:
-            # fixed addresses, outside the window: only ever one per process
-            extent_va, base = None, 0
-        else:
-            align = max([PAGE] + [s.align for s in elf.loads if s.align])
-            skew = lay.lo % align
-            extent_va = self.placements.alloc(lay.map_size + skew, align)
-            base = extent_va + skew - lay.lo
         try:
-            pool_off = self.pool.alloc(lay.pool_size)
-        except BaseException:
-            self._free_va(extent_va)
-            raise
+            extent_va, base, pool_off = self._allocate(elf, lay)
+        except BrokerError:
+            if not self.make_room():
+                raise
+            extent_va, base, pool_off = self._allocate(elf, lay)
         # placed before its scope is built: a dependency cycle (libA needs
         # libB needs libA) relocates against this placement, bytes to come
         self._building[key] = limage.PlacedImage(key, base, pool_off, lay.pool_size, None)
@@ -148,6 +146,22 @@ class ImageStore:
         self._add(rec)
         self.on_change()
         return rec
+
+    def _allocate(self, elf, lay):
+        if elf.e_type == ET_EXEC:
+            # fixed addresses, outside the window: only ever one per process
+            extent_va, base = None, 0
+        else:
+            align = max([PAGE] + [s.align for s in elf.loads if s.align])
+            skew = lay.lo % align
+            extent_va = self.placements.alloc(lay.map_size + skew, align)
+            base = extent_va + skew - lay.lo
+        try:
+            pool_off = self.pool.alloc(lay.pool_size)
+        except BaseException:
+            self._free_va(extent_va)
+            raise
+        return extent_va, base, pool_off
 
     def _add(self, rec):
         self.images[rec.key] = rec

@@ -200,9 +200,10 @@ class Broker:
         return body, (st.pool.readonly_fd() if kind == "process" else None)
 
     def _acquire_program(self, client, payload):
-        acq = self.acquirer.cached_program(payload)
-        if acq is not None:
-            return self._grant(client, acq)
+        with self.state.mutex:
+            acq = self.acquirer.cached_program(payload)
+            if acq is not None:
+                return self._grant(client, acq)
         return self._build_program(client, payload)
 
     async def _build_program(self, client, payload):

@@ -4,6 +4,7 @@ journal. A new broker first tries to re-attach to what the previous one left
 does not check out (journal corrupted, pool missing, of another size or
 instance) is reported in one line and replaced by a fresh epoch."""
 import secrets
+import threading
 import time
 
 from host_broker import journal
@@ -19,6 +20,7 @@ class BrokerState:
         self.pool_name, self.pool_size, self.journal_path = pool_name, pool_size, journal_path
         self.linger, self.log, self._store_kw = linger, log, store_kw
         self.recovered = False
+        self.mutex = threading.Lock()   # refcounts vs. evictions from the build thread
         self.quarantined = 0
         st = self._load()
         if st is None:
@@ -69,20 +71,32 @@ class BrokerState:
                  f"slide {placements.slide:#x}")
         self.save()
 
+    def _make_room(self):
+        """The pool or the window is full while building: evict every
+        unreferenced image now rather than after its linger delay. Runs in
+        the build thread: the mutex keeps the event loop from granting a
+        cached plan over an image being evicted."""
+        with self.mutex:
+            gone = self.sweep(linger=0)
+        for rec in gone:
+            self.log(f"pool full: evicted {rec.path} early")
+        return bool(gone)
+
     def _setup(self, pool, slide, boot, placements=None):
         self.pool, self.boot = pool, boot
         self.placements = placements or Placements(pool.window, pool.window_size, slide)
         self.refs = RefCounts(lease_prefix=boot)
         self.dirty = False
         self.store = ImageStore(pool, self.placements, self.refs, on_change=self._changed,
-                                **self._store_kw)
+                                make_room=self._make_room, **self._store_kw)
 
     def _changed(self):
         self.dirty = True
 
     def flush(self):
-        """Journal the images built by one acquisition, once it is complete
-        (a crash before that loses only images no client was told about)."""
+        """End of one acquisition: journal the images it built (a crash
+        before that loses only images no client was told about)."""
+        self.store.touched.clear()
         if self.dirty:
             self.save()
 
@@ -98,12 +112,15 @@ class BrokerState:
             "slide": self.placements.slide, "boot": self.boot, "saved": time.time(),
             "images": self.store.to_journal()})
 
-    def sweep(self):
-        """Evict images unused for the linger delay; their space is reused."""
+    def sweep(self, linger=None):
+        """Evict images unused for the linger delay; their space is reused.
+        Caller holds self.mutex or runs on the event loop with no build
+        running."""
+        linger = self.linger if linger is None else linger
         gone = []
         while True:
-            keys = [k for k in self.refs.evictable(self.linger)
-                    if self.store.images[k].state == "live"]
+            keys = [k for k in self.refs.evictable(linger)
+                    if self.store.images[k].state == "live" and k not in self.store.touched]
             if not keys:
                 break
             for k in keys:

@@ -342,3 +342,22 @@ def test_dlopen_joins_the_lease_and_dlclose_releases(broker, tmp_path):
         with broker.connect() as other:
             with pytest.raises(BrokerError, match="not held by this connection"):
                 other.acquire_library(lease, "libz.so.1")
+
+
+def test_full_pool_evicts_unused_images_early(tmp_path):
+    b = BrokerProc(tmp_path / "full", linger=600, pool_size="2M").start()
+    try:
+        with b.connect() as c:
+            held = c.acquire_program("/usr/bin/xz")
+            for prog in ("/usr/bin/gzip", "/usr/bin/zstd", "/usr/bin/gzip", "/usr/bin/zstd"):
+                c.release(C.plan_lease(c.acquire_program(prog)))
+            assert "pool full: evicted" in b.log()
+            # what a lease holds is never evicted, however full the pool
+            starts = {o[1] for o in C.plan_objects(held)}
+            live = {int(im["map_start"], 16) for im in c.stats()["images"]}
+            assert starts <= live
+            with pytest.raises(BrokerError, match="pool .* is full"):
+                c.acquire_program("/usr/bin/sqlite3")
+            c.ping()
+    finally:
+        b.cleanup()
