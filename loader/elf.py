@@ -69,7 +69,7 @@ class ElfFile(ElfTables):
     def __init__(self, path):
         self.path = os.fspath(path)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
         except FileNotFoundError:
             raise ElfError(self.path, "no such file") from None
         except IsADirectoryError:
@@ -309,11 +309,11 @@ class ElfFile(ElfTables):
         if DT["STRTAB"] in self.dyn:
             strsz = self.dyn.get(DT["STRSZ"])
             if strsz is None:
-                self.strtab = self.offset_of(self.dyn[DT["STRTAB"]])
+                self.strtab = self.offset_of(self.dyn[DT["STRTAB"]], 1, "dynamic string table")
                 self.strsz = self.size - self.strtab
             else:
                 # ld.so reads strings from memory: the table must be in a segment
-                self.strtab = self.offset_of(self.dyn[DT["STRTAB"]], max(strsz, 1))
+                self.strtab = self.offset_of(self.dyn[DT["STRTAB"]], max(strsz, 1), "dynamic string table")
                 self.strsz = strsz
         self.needed = [self.dynstr(v) for t, v in self.dynamic if t == DT["NEEDED"]]
         self.soname = self._dynstr_tag("SONAME")
