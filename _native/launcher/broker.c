@@ -132,16 +132,21 @@ static int read_all(int fd, void *p, size_t n)
     return 0;
 }
 
-/* One request, one reply; the reply payload is malloc'd (NUL-terminated
- * beyond its length).  With want_fd, the descriptor of the reply's first
- * byte is returned in *fdp. */
-static char *call(uint32_t op, struct buf *req, uint32_t *rop, size_t *rlen, int *fdp, char *err, size_t errlen)
+static int send_req(uint32_t op, struct buf *req, char *err, size_t errlen)
 {
     uint32_t hdr[2] = {(uint32_t)req->n, op};
     if (write_all(ldp_broker_fd, hdr, 8) < 0 || write_all(ldp_broker_fd, req->p, req->n) < 0) {
         snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+/* The reply to request `op`; its payload is malloc'd (NUL-terminated beyond
+ * its length).  A descriptor sent with the reply's first byte lands in *fdp. */
+static char *recv_reply(uint32_t op, uint32_t *rop, size_t *rlen, int *fdp, char *err, size_t errlen)
+{
+    uint32_t hdr[2];
     char cbuf[CMSG_SPACE(sizeof(int))];
     struct iovec iov = {hdr, 8};
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
@@ -178,6 +183,12 @@ static char *call(uint32_t op, struct buf *req, uint32_t *rop, size_t *rlen, int
     return p;
 }
 
+static char *call(uint32_t op, struct buf *req, uint32_t *rop, size_t *rlen, int *fdp, char *err, size_t errlen)
+{
+    if (send_req(op, req, err, errlen) < 0) return NULL;
+    return recv_reply(op, rop, rlen, fdp, err, errlen);
+}
+
 static const char *kv(const char *p, size_t n, const char *key)
 {
     size_t k = strlen(key);
@@ -186,7 +197,7 @@ static const char *kv(const char *p, size_t n, const char *key)
     return NULL;
 }
 
-int ldp_broker_connect(char *err, size_t errlen)
+static int connect_socket(char *err, size_t errlen)
 {
     char sock[PATH_MAX];
     if (socket_path(sock, sizeof sock) < 0) { snprintf(err, errlen, "socket path too long"); return -1; }
@@ -197,6 +208,11 @@ int ldp_broker_connect(char *err, size_t errlen)
     }
     if (fd < 0) { snprintf(err, errlen, "cannot connect to the broker at %s: %s", sock, strerror(errno)); return -1; }
     ldp_broker_fd = move_high(fd);
+    return 0;
+}
+
+static int send_hello(char *err, size_t errlen)
+{
     struct buf b = {0};
     char pid[32];
     snprintf(pid, sizeof pid, "%d", (int)getpid());
@@ -204,11 +220,17 @@ int ldp_broker_connect(char *err, size_t errlen)
     put(&b, "kind", "process");
     put(&b, "pid", pid);
     put(&b, "name", ldp_progname);
+    int r = send_req(OP_HELLO, &b, err, errlen);
+    free(b.p);
+    return r;
+}
+
+static int recv_hello(char *err, size_t errlen)
+{
     uint32_t op;
     size_t len;
     int pfd = -1;
-    char *r = call(OP_HELLO, &b, &op, &len, &pfd, err, errlen);
-    free(b.p);
+    char *r = recv_reply(OP_HELLO, &op, &len, &pfd, err, errlen);
     if (!r) return -1;
     const char *ps = kv(r, len, "pool_size");
     pool_size_from_hello = ps ? strtoull(ps, NULL, 10) : 0;
@@ -218,10 +240,22 @@ int ldp_broker_connect(char *err, size_t errlen)
     return 0;
 }
 
+int ldp_broker_connect(char *err, size_t errlen)
+{
+    if (connect_socket(err, errlen) < 0 || send_hello(err, errlen) < 0) return -1;
+    return recv_hello(err, errlen);
+}
+
 uint64_t ldp_broker_pool_size(void) { return pool_size_from_hello; }
 
-void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, char *err, size_t errlen)
+/* Connect, then HELLO and ACQUIRE_PROGRAM in one write: the replies come
+ * back in order, and the start-up pays one round trip instead of two.
+ * Returns NULL with *connect_failed set when no broker could be reached. */
+void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, int *connect_failed,
+                                 char *err, size_t errlen)
 {
+    *connect_failed = 1;
+    if (connect_socket(err, errlen) < 0) return NULL;
     struct buf b = {0};
     char cwd[PATH_MAX];
     put(&b, "path", path);
@@ -229,10 +263,14 @@ void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *le
     put(&b, "cwd", getcwd(cwd, sizeof cwd) ? cwd : "/");
     for (char **e = environ; *e; e++)
         if (strncmp(*e, "LD_", 3) == 0) put(&b, "env", *e);
-    uint32_t op;
-    char *r = call(OP_ACQ_PROGRAM, &b, &op, len, NULL, err, errlen);
+    if (send_hello(err, errlen) < 0 || send_req(OP_ACQ_PROGRAM, &b, err, errlen) < 0 || recv_hello(err, errlen) < 0) {
+        free(b.p);
+        return NULL;
+    }
     free(b.p);
-    return r;
+    *connect_failed = 0;
+    uint32_t op;
+    return recv_reply(OP_ACQ_PROGRAM, &op, len, NULL, err, errlen);
 }
 
 void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int mode, size_t *len,

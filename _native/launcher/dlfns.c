@@ -2,12 +2,18 @@
  * their ldp_rt records, everything else goes to ld.so.  dlerror keeps one
  * per-thread message across both (ours wins while pending). */
 #include "ldp.h"
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct errstate { uint64_t marker; char *dlerr; int pending; };
+
+/* one lock for the pooled-object registry, recursive: initialisers run by
+ * dlopen may call dlopen themselves */
+static pthread_mutex_t lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+#define LOCKED(type, call) do { pthread_mutex_lock(&lock); type r_ = call; pthread_mutex_unlock(&lock); return r_; } while (0)
 
 void ldp_set_error(const char *fmt, ...)
 {
@@ -52,7 +58,7 @@ static int is_glibc(const char *name)
 
 static void *open_plan(struct ldp_plan *p, int mode);
 
-void *ldp_dlopen(const char *file, int mode)
+static void *dlopen_locked(const char *file, int mode, void *caller)
 {
     clear_error();
     if (!file) return ldp_main != LDP_NONE ? (void *)ldp_objs[ldp_main] : dlopen(file, mode);
@@ -68,7 +74,7 @@ void *ldp_dlopen(const char *file, int mode)
         if (ldp_debug) ldp_note("note: dlopen(%s) goes to ld.so (no broker in --plan mode)", file);
         return dlopen(file, mode);
     }
-    struct ldp_rt *req = ldp_find_addr(__builtin_return_address(0));
+    struct ldp_rt *req = ldp_find_addr(caller);
     char err[512];
     size_t len;
     int notfound = 0;
@@ -172,14 +178,14 @@ static void *do_sym(void *h, const char *name, const char *ver, void *ret)
     return a;
 }
 
-void *ldp_dlsym(void *h, const char *name) { return do_sym(h, name, NULL, __builtin_return_address(0)); }
+void *ldp_dlsym(void *h, const char *name) { LOCKED(void *, do_sym(h, name, NULL, __builtin_return_address(0))); }
 
 void *ldp_dlvsym(void *h, const char *name, const char *version)
 {
-    return do_sym(h, name, version, __builtin_return_address(0));
+    LOCKED(void *, do_sym(h, name, version, __builtin_return_address(0)));
 }
 
-int ldp_dlclose(void *h)
+static int dlclose_locked(void *h)
 {
     struct ldp_rt *r = ldp_from_handle(h);
     clear_error();
@@ -245,3 +251,7 @@ int ldp_dlinfo(void *h, int req, void *arg)
         return -1;
     }
 }
+
+void *ldp_dlopen(const char *file, int mode) { LOCKED(void *, dlopen_locked(file, mode, __builtin_return_address(0))); }
+
+int ldp_dlclose(void *h) { LOCKED(int, dlclose_locked(h)); }

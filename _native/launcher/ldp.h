@@ -121,7 +121,8 @@ void ldp_gdb_remove(struct ldp_rt *r);
 extern int ldp_broker_fd, ldp_pool_fd;
 extern int ldp_debug_mode;           /* --plan/--pool: no broker */
 int ldp_broker_connect(char *err, size_t errlen);
-void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, char *err, size_t errlen);
+void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, int *connect_failed,
+                                 char *err, size_t errlen);
 void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int mode, size_t *len,
                                  int *notfound, char *err, size_t errlen);
 void ldp_broker_release(uint64_t lease, uint32_t first, uint32_t n);

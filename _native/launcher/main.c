@@ -13,7 +13,35 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+/* LDPOOL_TIMING=1: where the launcher's time goes, one line on stderr */
+static int timing;
+static double t_prev, t_acc[10];
+static const char *const t_names[10] = {"broker", "", "check", "glibc", "map", "imports", "fixups",
+                                         "tls", "init"};
+
+static void lap(int phase)
+{
+    if (!timing) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+    if (phase >= 0) t_acc[phase] += now - t_prev;
+    t_prev = now;
+}
+
+static void report_timing(void)
+{
+    if (!timing) return;
+    char line[512];
+    int n = snprintf(line, sizeof line, "ldpool-exec: timing (us):");
+    for (int i = 0; i < 9; i++) n += snprintf(line + n, sizeof line - n, " %s=%.0f", t_names[i], t_acc[i]);
+    snprintf(line + n, sizeof line - n, "\n");
+    ssize_t w = write(2, line, strlen(line));
+    (void)w;
+}
 
 static void usage(void)
 {
@@ -76,6 +104,8 @@ int main(int argc, char **argv, char **envp)
     }
     if (i >= argc || (!planfile != !poolfile)) usage();
     ldp_debug = getenv("LDPOOL_DEBUG") != NULL;
+    timing = getenv("LDPOOL_TIMING") != NULL;
+    lap(-1);
     ldp_tls_setup();
     char pbuf[PATH_MAX], abuf[PATH_MAX];
     const char *prog = argv[i];
@@ -105,27 +135,35 @@ int main(int argc, char **argv, char **envp)
             strcat(strcat(abuf, "/"), path);
             path = abuf;
         }
-        if (ldp_broker_connect(err, sizeof err) < 0) {
-            if (nofallback) ldp_die(127, "%s", err);
-            fallback(path, argv + i, err);
-        }
-        buf = ldp_broker_acquire_program(path, prog, &len, err, sizeof err);
+        int unreachable;
+        buf = ldp_broker_acquire_program(path, prog, &len, &unreachable, err, sizeof err);
+        lap(0);
+        if (!buf && unreachable && !nofallback) fallback(path, argv + i, err);
         if (!buf) ldp_die(127, "%s", err);
         pool_size = ldp_broker_pool_size();
     }
+    lap(1);
     struct ldp_plan *p = malloc(sizeof *p);
     if (ldp_plan_check(p, buf, len, pool_size, err, sizeof err) < 0) ldp_die(127, "bad plan: %s", err);
+    lap(2);
     if (p->h->first_index != 0) ldp_die(127, "bad plan: not a program plan");
     for (uint32_t k = 0; k < p->h->nglibc; k++)
         if (!dlopen(ldp_str(p, p->glibc[k]), RTLD_NOW | RTLD_GLOBAL)) ldp_die(127, "%s", dlerror());
+    lap(3);
     ldp_objects_add(p);
     if (ldp_map_plan(p, ldp_pool_fd, err, sizeof err) < 0) ldp_die(127, "%s", err);
     ldp_set_identity(path);
-    if (ldp_resolve_imports(p, 0, err, sizeof err) < 0 || ldp_apply_fixups(p, err, sizeof err) < 0)
-        ldp_die(127, "%s", err);
+    lap(4);
+    if (ldp_resolve_imports(p, 0, err, sizeof err) < 0) ldp_die(127, "%s", err);
+    lap(5);
+    if (ldp_apply_fixups(p, err, sizeof err) < 0) ldp_die(127, "%s", err);
     ldp_protect_plan(p);
+    lap(6);
     if (ldp_tls_install(p, err, sizeof err) < 0) ldp_die(127, "%s", err);
     for (uint32_t k = 0; k < p->h->nobj; k++) ldp_objs[k]->refcount = 1;
+    lap(7);
     ldp_run_inits(p, ldp_argc, ldp_argv, environ);
+    lap(8);
+    report_timing();
     ldp_start(ldp_argc, ldp_argv, envp, path);
 }
