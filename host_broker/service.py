@@ -377,6 +377,11 @@ def prepare_dir(socket_path, group=None):
         if group:
             os.chown(d, -1, _gid(group))
             os.chmod(d, 0o710)
+    st = os.stat(d)
+    # a directory someone else controls could swap the socket or the journal
+    if st.st_uid not in (os.getuid(), 0) or (st.st_mode & 0o002 and not st.st_mode & 0o1000):
+        raise BrokerError(f"{d}: owned by another user or writable by anyone; "
+                          "refusing to put the broker socket there")
 
 
 def lock(socket_path):
@@ -431,6 +436,7 @@ def _detach(args, socket_path, pool_size):
         code = 1
         try:
             os.setsid()
+            os.chdir("/")
             logfd = os.open(os.path.join(os.path.dirname(socket_path), "broker.log"),
                             os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             null = os.open(os.devnull, os.O_RDONLY)

@@ -171,12 +171,15 @@ def broker_command(socket_path, idle_exit=30):
 def ensure_broker(socket_path, idle_exit=30):
     """Start the embedded broker for this socket unless one answers already
     (`ldpool broker --detach` returns once the socket accepts connections)."""
+    socket_path = os.path.abspath(socket_path)
     env = dict(os.environ)
     # the broker must import this very copy of ldpool
     top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = top + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # cwd "/": `python -m` must not pick up a source checkout from the cwd
     r = subprocess.run(broker_command(socket_path, idle_exit), stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=60)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=60,
+                       cwd="/")
     if r.returncode != 0:
         line = (r.stderr.decode(errors="replace").strip().splitlines() or ["failed"])[-1]
         raise BrokerError(f"cannot start the embedded broker: {line}")
