@@ -81,13 +81,88 @@ static const char *find_program(const char *prog, char *buf, size_t n)
     return NULL;
 }
 
-/* Plain ld.so for what cannot be pooled, with a one-line notice. */
-static void fallback(const char *path, char **argv, const char *why)
+/* Plain ld.so (or the kernel, for a static program) for what cannot be
+ * pooled, with a one-line notice. */
+static void fallback(const char *path, char **argv, const char *why, int direct)
 {
     ldp_note("note: running %s under ld.so: %s", path, why);
-    execv("/lib64/ld-linux-x86-64.so.2",
-          (char *[]){"/lib64/ld-linux-x86-64.so.2", "--argv0", argv[0], (char *)path, NULL});
+    if (direct) {
+        execv(path, argv);
+        ldp_die(127, "%s: %s", path, strerror(errno));
+    }
+    int n = 0;
+    while (argv[n]) n++;
+    char **v = malloc(sizeof *v * (n + 4));
+    v[0] = "/lib64/ld-linux-x86-64.so.2", v[1] = "--argv0", v[2] = argv[0], v[3] = (char *)path;
+    memcpy(v + 4, argv + 1, sizeof *v * n);
+    execv(v[0], v);
     ldp_die(127, "cannot run ld.so: %s", strerror(errno));
+}
+
+/* What the kernel would do with the file: 0 = dynamic ELF (ours), 1 =
+ * static ELF, 2 = #! script (interpreter line in interp). */
+static int classify(const char *path, char *interp, size_t n)
+{
+    unsigned char b[4096];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) ldp_die(126, "%s: %s", path, strerror(errno));
+    ssize_t got = read(fd, b, sizeof b - 1);
+    close(fd);
+    if (got >= 2 && b[0] == '#' && b[1] == '!') {
+        b[got] = 0;
+        char *nl = strchr((char *)b, '\n');
+        if (!nl) ldp_die(126, "%s: #! line too long", path);
+        *nl = 0;
+        snprintf(interp, n, "%s", (char *)b + 2);
+        return 2;
+    }
+    if (got < 4 || memcmp(b, ELFMAG, SELFMAG) != 0) ldp_die(126, "%s: not an ELF executable (Exec format error)", path);
+    const Elf64_Ehdr *e = (const void *)b;
+    if (got < (ssize_t)sizeof *e || e->e_ident[EI_CLASS] != ELFCLASS64 || e->e_machine != EM_X86_64)
+        return 0;   /* the broker names the problem */
+    if (e->e_phoff + (uint64_t)e->e_phnum * sizeof(Elf64_Phdr) > (uint64_t)got) return 0;
+    const Elf64_Phdr *ph = (const void *)(b + e->e_phoff);
+    for (int i = 0; i < e->e_phnum; i++)
+        if (ph[i].p_type == PT_INTERP) return 0;
+    return 1;
+}
+
+/* A script: run its interpreter through the launcher, as execve would. */
+static void run_script(char **argv, int i, char *line, const char *path)
+{
+    char *p = line;
+    while (*p == ' ' || *p == '\t') p++;
+    char *interp = p;
+    while (*p && *p != ' ' && *p != '\t') p++;
+    char *arg = NULL;
+    if (*p) {
+        *p++ = 0;
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p) {
+            arg = p;
+            char *end = p + strlen(p);
+            while (end > p && (end[-1] == ' ' || end[-1] == '\t')) *--end = 0;
+        }
+    }
+    int argc = 0;
+    while (argv[argc]) argc++;
+    char **v = malloc(sizeof *v * (argc + 4)), **o = v;
+    for (int k = 0; k < i; k++) *o++ = argv[k];
+    *o++ = interp;
+    if (arg) *o++ = arg;
+    *o++ = (char *)path;
+    for (int k = i + 1; k < argc; k++) *o++ = argv[k];
+    *o = NULL;
+    execv("/proc/self/exe", v);
+    ldp_die(127, "cannot re-run the launcher: %s", strerror(errno));
+}
+
+/* Broker errors that mean "ldpool cannot do this yet", not "this program
+ * cannot run": those fall back to ld.so. */
+static int unsupported(const char *err)
+{
+    return strstr(err, "not supported") || strstr(err, "unsupported") || strstr(err, "cannot be planned") ||
+           strstr(err, "cannot be pooled");
 }
 
 int main(int argc, char **argv, char **envp)
@@ -117,6 +192,13 @@ int main(int argc, char **argv, char **envp)
     if (!S_ISREG(st.st_mode)) ldp_die(126, "%s: not a regular file", path);
     ldp_argc = argc - i;
     ldp_argv = argv + i;
+    char interp[4096];
+    int kind = classify(path, interp, sizeof interp);
+    if (kind == 2) run_script(argv, i, interp, path);
+    if (kind == 1) {
+        if (nofallback) ldp_die(127, "%s: a static program cannot be pooled", path);
+        fallback(path, argv + i, "a static program", 1);
+    }
 
     char err[1024];
     size_t len;
@@ -138,7 +220,7 @@ int main(int argc, char **argv, char **envp)
         int unreachable;
         buf = ldp_broker_acquire_program(path, prog, &len, &unreachable, err, sizeof err);
         lap(0);
-        if (!buf && unreachable && !nofallback) fallback(path, argv + i, err);
+        if (!buf && (unreachable || unsupported(err)) && !nofallback) fallback(path, argv + i, err, 0);
         if (!buf) ldp_die(127, "%s", err);
         pool_size = ldp_broker_pool_size();
     }
