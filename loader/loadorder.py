@@ -95,7 +95,7 @@ class Loader:
             while obj is not None:
                 dirs = self._rpath_dirs(obj)
                 if dirs:
-                    found, o = ctx.search(dirs, name)
+                    found, o = ctx.search(dirs, name, secure_preload)
                     if found:
                         return found, o
                     other |= o
@@ -104,20 +104,20 @@ class Loader:
             if not did_main and main is not None:
                 dirs = self._rpath_dirs(main)
                 if dirs:
-                    found, o = ctx.search(dirs, name)
+                    found, o = ctx.search(dirs, name, secure_preload)
                     if found:
                         return found, o
                     other |= o
         dirs = self._llp()
         if dirs:
-            found, o = ctx.search(dirs, name)
+            found, o = ctx.search(dirs, name, secure_preload)
             if found:
                 return found, o
             other |= o
         if loader is not None:
             dirs = self._runpath_dirs(loader)
             if dirs:
-                found, o = ctx.search(dirs, name)
+                found, o = ctx.search(dirs, name, secure_preload)
                 if found:
                     return found, o
                 other |= o
@@ -133,7 +133,7 @@ class Loader:
                     raise ResolveError(f"{cached}: {x}")
                 other |= x == "wrong ELF class"
         if not nodeflib:
-            found, o = ctx.search(_hwcaps.SYSTEM_DIRS, name)
+            found, o = ctx.search(_hwcaps.SYSTEM_DIRS, name, secure_preload)
             if found:
                 return found, o
             other |= o
@@ -213,7 +213,10 @@ class Loader:
             try:
                 obj = self.map_object(main, name, kind="preload")
             except ResolveError as e:
+                # ld.so shows the bare error string here, without strerror
                 msg = str(e).split(": ", 1)[-1]
+                for tail in (": No such file or directory", ": Is a directory"):
+                    msg = msg[:-len(tail)] if msg.endswith(tail) else msg
                 self.warnings.append(f"ERROR: ld.so: object '{name}' from LD_PRELOAD cannot be preloaded ({msg}): ignored.")
                 continue
             if len(self.chain) != before and id(obj) not in reserved:

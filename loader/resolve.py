@@ -119,9 +119,10 @@ class SearchContext:
     def dirs(self, obj, text, seps=":"):
         return sp.split_search_path(text, seps, lambda p: self.expand(obj, p))
 
-    def search(self, dirs, name):
+    def search(self, dirs, name, require_suid=False):
         """open_path(): (path, ElfFile) of the first usable candidate, or
-        (None, other_class_seen).  FATAL candidates raise ResolveError."""
+        (None, other_class_seen).  FATAL candidates raise ResolveError.
+        require_suid: a secure program's LD_PRELOAD takes set-user-ID files only."""
         other = False
         files = self.files
         for d in dirs:
@@ -132,6 +133,8 @@ class SearchContext:
                     continue
                 v, x = files.verify(full)
                 if v == sp.OK:
+                    if require_suid and not os.stat(full).st_mode & 0o4000:
+                        continue
                     return cand, x
                 if v == sp.FATAL:
                     raise ResolveError(f"{cand}: {x}")

@@ -39,19 +39,21 @@ def system_files():
 
 
 def ldso_oracle(path, env):
-    """('ok', lines) from `ld.so --list`; ('missing', lines) from ldd's
-    LD_TRACE_LOADED_OBJECTS run when --list stops at a missing library;
+    """What ldd shows (ld.so in trace mode, LD_TRACE_LOADED_OBJECTS=1):
+    ('ok', lines) -- then `ld.so --list` shows the same --, ('missing',
+    lines) when libraries are not found (--list stops at the first), or
     ('refused', why) when ld.so cannot list the file at all."""
     e = dict(BASE_ENV, **env)
-    r = subprocess.run([RTLD, "--list", path], capture_output=True, text=True, env=e, timeout=60)
-    if r.returncode == 0:
-        return "ok", strip_addresses(r.stdout.splitlines())
-    if "cannot open shared object file" in r.stderr or "wrong ELF class" in r.stderr:
-        r2 = subprocess.run([RTLD, path], capture_output=True, text=True, timeout=60,
-                            env=dict(e, LD_TRACE_LOADED_OBJECTS="1"))
-        if r2.returncode == 0:
-            return "missing", strip_addresses(r2.stdout.splitlines())
-    return "refused", (r.returncode, r.stderr.strip()[-200:])
+    r = subprocess.run([RTLD, path], capture_output=True, text=True, timeout=60,
+                       env=dict(e, LD_TRACE_LOADED_OBJECTS="1"))
+    lines = strip_addresses(r.stdout.splitlines())
+    if r.returncode != 0:
+        return "refused", (r.returncode, r.stderr.strip()[-200:])
+    if any(ln.endswith(" => not found") for ln in lines):
+        return "missing", lines
+    r2 = subprocess.run([RTLD, "--list", path], capture_output=True, text=True, env=e, timeout=60)
+    assert r2.returncode == 0 and strip_addresses(r2.stdout.splitlines()) == lines, (path, r2.stderr)
+    return "ok", lines
 
 
 def ldpool_ldd(files, env, cwd=None):

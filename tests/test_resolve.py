@@ -228,3 +228,57 @@ def test_hwcaps_scenarios_pick_different_files(tree):
     assert picked["hwcaps_no_v2"] == ("tls/libhw.so", "libhw2.so")
     assert picked["hwcap_mask_zero"][1] == "libhw2.so"
     assert len(set(picked.values())) >= 3, picked
+
+
+# ---------------------------------------------------------------- AT_SECURE
+@pytest.fixture(scope="module")
+def setuid_tree():
+    """Set-user-ID-root programs in a world-readable directory, run as nobody."""
+    import shutil
+    import tempfile
+    if os.geteuid() != 0 or subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                            "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and setpriv to run a set-user-ID program as another user")
+    root = tempfile.mkdtemp(prefix="ldpool-suid-", dir="/tmp")
+    os.chmod(root, 0o755)
+    t = Tree(root)
+    print_v = '#include <stdio.h>\nint v(void);\nint main(void){printf("%d\\n", v());return 0;}\n'
+    for d, val in (("a", 1), ("b", 2)):
+        t._gcc(t.p(f"{d}/libv.so"), f"int v(void){{return {val};}}\n", ["-shared", "-fPIC", "-Wl,-soname,libv.so"])
+    t.lib("build/libq.so", soname="$ORIGIN/libq.so")
+    progs = {
+        "origin_rpath": t._gcc(t.p("bin/origin_rpath"), print_v, [t.p("a/libv.so"), "-Wl,--disable-new-dtags",
+                                                                   "-Wl,-rpath,$ORIGIN/../a"]),
+        "abs_rpath": t._gcc(t.p("bin/abs_rpath"), print_v, [t.p("a/libv.so"), "-Wl,--disable-new-dtags",
+                                                             f"-Wl,-rpath,{t.p('a')}"]),
+        "dst_needed": t._gcc(t.p("bin/dst_needed"), "int main(void){return 0;}\n",
+                             ["-Wl,--no-as-needed", t.p("build/libq.so")]),
+    }
+    subprocess.run(["chmod", "-R", "a+rX", root], check=True)
+    for p in progs.values():
+        os.chmod(p, 0o4755)
+    yield t, progs
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("prog,env", [
+    ("origin_rpath", {}),                                   # $ORIGIN outside trusted dirs: dropped
+    ("abs_rpath", {"LD_LIBRARY_PATH": "B"}),                # LD_LIBRARY_PATH ignored
+    ("abs_rpath", {"LD_PRELOAD": "libm.so.6 B/libv.so"}),   # preloads: no '/', set-user-ID files only
+    ("dst_needed", {}),                                     # no DSTs in DT_NEEDED
+])
+def test_secure_program_matches_ld_so(setuid_tree, prog, env):
+    t, progs = setuid_tree
+    env = {k: v.replace("B", t.p("b")) for k, v in env.items()}
+    path = progs[prog]
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", path],
+                       capture_output=True, text=True, env=dict(BASE_ENV, **env), timeout=60)
+    try:
+        res = resolve_program(path, env=dict(BASE_ENV, **env), secure=True, trace=False)
+    except ResolveError as e:
+        assert r.returncode == 127 and ldso_error(r.stderr) == str(e)
+        return
+    assert r.returncode == 0, r.stderr
+    libv = [o for o in res.objects if o.name == "libv.so"][0]
+    assert r.stdout.strip() == {"a": "1", "b": "2"}[os.path.basename(os.path.dirname(libv.path))]
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("ERROR: ld.so")] == res.warnings
