@@ -257,7 +257,11 @@ class Broker:
         lease = self._lease(client, req)
         objs = req.all("object")
         if objs:
-            self.state.refs.drop_objects(lease, [int(o) for o in objs])
+            try:
+                idx = [int(o) for o in objs]
+            except ValueError:
+                raise P.ProtocolError("object= must be a decimal object index") from None
+            self.state.refs.drop_objects(lease, idx)
         else:
             self.state.refs.release(lease.id)
         return b""

@@ -361,3 +361,26 @@ def test_full_pool_evicts_unused_images_early(tmp_path):
             c.ping()
     finally:
         b.cleanup()
+
+
+from hypothesis import given, settings, strategies as hst  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None)
+@given(hst.lists(hst.tuples(hst.integers(1, 0x1FF), hst.binary(max_size=300)), max_size=8),
+       hst.lists(hst.integers(1, 64), min_size=1, max_size=40))
+def test_frames_reassemble_from_any_chunking(frames, cuts):
+    stream = b"".join(P.frame(op, body) for op, body in frames)
+    dec, got, pos, i = P.FrameDecoder(), [], 0, 0
+    while pos < len(stream):
+        n = cuts[i % len(cuts)]
+        got += dec.feed(stream[pos:pos + n])
+        pos, i = pos + n, i + 1
+    assert got == frames and dec.pending == 0
+
+
+@given(hst.lists(hst.tuples(hst.from_regex(r"[a-z_]{1,8}", fullmatch=True),
+                            hst.binary(max_size=40).filter(lambda b: b"\0" not in b)), max_size=10))
+def test_key_values_roundtrip(pairs):
+    req = P.Request.decode(P.encode_kv(pairs))
+    assert req.pairs == [(k, v) for k, v in pairs]
