@@ -172,3 +172,25 @@ def apply_fixups(const uint8_t[::1] fixups, const uint64_t[::1] imports, const u
             raise LdpoolError("the object uses static TLS, which only ldpool-exec can provide")
         raise LdpoolError(f"fixup {bad} (type {f.type}) at {f.addr:#x} cannot be applied")
     return 0
+
+
+def split_by_target(const int32_t[::1] target, const uint8_t[::1] glibc):
+    """For a Bindings' target column and one byte per scope entry (1 =
+    glibc's family): (mask 'B': 1 where the relocation does not bind into
+    glibc, indices 'I' of those that do)."""
+    import array
+    cdef Py_ssize_t n = target.shape[0], i, k = 0
+    mask = array.array("B", bytes(n))
+    idx = array.array("I", bytes(4 * n))
+    cdef uint8_t[::1] m = mask
+    cdef uint32_t[::1] ix = idx
+    cdef int32_t t
+    with nogil:
+        for i in range(n):
+            t = target[i]
+            if t >= 0 and t < glibc.shape[0] and glibc[t]:
+                ix[k] = <uint32_t>i
+                k += 1
+            else:
+                m[i] = 1
+    return mask, idx[:k]

@@ -10,6 +10,8 @@ became which fixup record ("slot" for a stub's slot fill).
 """
 from collections import Counter
 
+from _native import apply as napply
+from _native import reloc
 from loader import planformat as pf
 from loader.errors import ElfError, ResolveError
 from loader.imports import import_name
@@ -95,7 +97,7 @@ def object_fixups(ctx, k):
             raise ElfError(elf.path, f"a 32-bit relocation at {addr - base:#x} differs from the pool "
                                      "image in this process; not supported")
 
-    for r in range(b.count):
+    def one(r):
         t = b.rtype[r]
         addr = b.addr[r]
         a = b.addend[r]
@@ -104,15 +106,15 @@ def object_fixups(ctx, k):
         weak = bool(b.flags[r] & F_WEAKREF)
         if t == R_NONE or t == R_RELATIVE:
             fs.counts["same"] += 1               # the image has the same load bias
-            continue
+            return
         if t == R_IRELATIVE:
             fs.add(addr, pf.FIX_IRELATIVE, addend=base + a)
-            continue
+            return
         if tgt == T_UNDEF:
             if t == R_JUMP_SLOT and lazy_ok:
                 # ld.so would only fail at the first call
                 fs.add(addr, pf.FIX_ABS64, addend=0)
-                continue
+                return
             raise undefined_error(elf, elf.symbol(s).name)
         glibc = tgt >= 0 and entries[tgt][2]
         if t == R_COPY:
@@ -120,18 +122,18 @@ def object_fixups(ctx, k):
                 fs.add(addr, pf.FIX_COPY, glibc_import(s, 0, False), b.symsize[r])
             elif tgt >= 0:
                 fs.add(addr, pf.FIX_COPY, pf.NONE, b.symsize[r], b.value[r])
-            continue
+            return
         if t in _TLS:
             if tgt == T_WEAK_UNDEF:
                 same_or_abs(addr, 0, 8)
-                continue
+                return
             off = b.value[r] + a
             if glibc:
                 if t != R_TPOFF64:
                     raise ElfError(elf.path, f"TLS relocation type {t} against glibc's "
                                              f"{elf.symbol(s).name} is not supported")
                 fs.add(addr, pf.FIX_GLIBC_TPOFF, glibc_import(s, pf.IMP_TLS, weak), a)
-                continue
+                return
             g = ctx.global_index[tgt]
             if t == R_DTPMOD64:
                 fs.add(addr, pf.FIX_DTPMOD, g)
@@ -141,12 +143,12 @@ def object_fixups(ctx, k):
                 fs.add(addr, pf.FIX_TPOFF, g, off)
             else:
                 fs.add(addr, pf.FIX_TLSDESC, g, off, width=16)
-            continue
+            return
         if glibc:
             if t not in _SYMFIX:
                 sv = static_value(entries, b, r)     # SIZE32/64
                 same_or_abs(addr, sv[0], sv[1])
-                continue
+                return
             if t == R_JUMP_SLOT:
                 stub = placed.info.stubs.get(import_name(elf, s))
                 if stub is not None and load(image, addr - origin, 8) == lay.stub_addr(base, stub[0]):
@@ -156,22 +158,38 @@ def object_fixups(ctx, k):
                         fs.counts["SYM64"] -= 1
                         fs.counts["slot"] += 1
                     fs.counts["stub"] += 1
-                    continue
+                    return
             if t == R_PC64:
                 raise ElfError(elf.path, "R_X86_64_PC64 against a glibc symbol is not supported")
             func = t == R_JUMP_SLOT or bool(b.flags[r] & F_IFUNC)
             add = 0 if t in (R_GLOB_DAT, R_JUMP_SLOT) else a
             fs.add(addr, _SYMFIX[t], glibc_import(s, pf.IMP_FUNC if func else 0, weak), add,
                    width=8 if _SYMFIX[t] == pf.FIX_SYM64 else 4)
-            continue
+            return
         if tgt >= 0 and b.flags[r] & F_IFUNC and t in (R_64, R_GLOB_DAT, R_JUMP_SLOT):
             # a pooled IFUNC: the resolver runs in the process
             fs.add(addr, pf.FIX_IRELATIVE, addend=b.value[r])
-            continue
+            return
         sv = static_value(entries, b, r)
         if sv is None:
             raise ElfError(elf.path, f"relocation type {t} at {addr - base:#x} cannot be planned")
         same_or_abs(addr, sv[0], sv[1])
+
+    # the engine compares everything that does not bind into glibc with the
+    # image; Python sees only what differs or is per-process by nature
+    mask, glibc_bound = napply.split_by_target(b.target, ctx.glibc_flags)
+    differ, values, deferred = reloc.compare(image, origin, b, mask)
+    for j, r in enumerate(differ):
+        t = b.rtype[r]
+        if t in (R_PC32, R_32, R_32S, R_SIZE32):
+            raise ElfError(elf.path, f"a 32-bit relocation at {b.addr[r] - base:#x} differs from the "
+                                     "pool image in this process; not supported")
+        fs.add(b.addr[r], pf.FIX_ABS64, addend=values[j])
+    for r in deferred:
+        one(r)
+    for r in glibc_bound:
+        one(r)
+    fs.counts["same"] += b.count - len(differ) - len(deferred) - len(glibc_bound)
     fs.counts["same"] += len(b.relr)
     fs.nrelocs = b.count + len(b.relr)
     return fs

@@ -157,7 +157,8 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
     data = pf.PlanData(first_index=first_index, lease=lease, pool_size=source.pool_size)
     strings = data.strings
     ctx = SimpleNamespace(entries=entries, scope=scope, placed=placed, source=source,
-                          global_index=gindex, imports=Imports(strings), bind_now=bind_now)
+                          global_index=gindex, imports=Imports(strings), bind_now=bind_now,
+                          glibc_flags=bytes(1 if e[2] else 0 for e in entries))
     data.static_tls_size, data.static_tls_align = tls_total
     counts = {}
     for k in pooled:

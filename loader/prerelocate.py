@@ -98,38 +98,35 @@ def shareable_candidates(elf, lay):
 
 def prerelocate(elf, base, lay, scope, out, info):
     """Relocate image bytes `out` (starting at address base+lay.lo) in place;
-    fill info.stubs, info.shared_pages and info.nrelocs."""
+    fill info.stubs, info.shared_pages and info.nrelocs.  The engine does
+    everything that does not bind into glibc; Python only sees the
+    relocations left per process and the JUMP_SLOTs that become stubs."""
+    from _native import apply as napply
+    from _native import reloc
     from loader.imports import import_name
     entries = scope_entries(scope)
-    b = bind_entries(entries, 0)
+    b = bind_entries(scope, 0)
     origin = base + lay.lo
+    mask, glibc_bound = napply.split_by_target(b.target, bytes(e[2] for e in entries))
+    deferred = reloc.apply(out, origin, b, mask)
     dirty = set()
+    for r in deferred:
+        at = b.addr[r] - origin
+        dirty.add(at >> 12)
+        dirty.add((at + 15) >> 12)
     stub_index = {s: i for i, s in enumerate(lay.stub_syms)}
-    for r in range(b.count):
-        t = b.rtype[r]
-        if t == R_NONE:
-            continue
+    for r in glibc_bound:
         at = b.addr[r] - origin
         if not 0 <= at <= lay.span - 8:
             raise ElfError(elf.path, f"relocation at {b.addr[r] - base:#x} outside the object")
-        tgt = b.target[r]
-        if t == R_JUMP_SLOT and tgt >= 0 and entries[tgt][2]:
+        if b.rtype[r] == R_JUMP_SLOT:
             s = b.symidx[r]
             i = stub_index[s]
             store(out, at, lay.stub_addr(base, i), 8, elf.path)
             info.stubs[import_name(elf, s)] = (i, lay.slot_addr(base, i))
-            continue
-        sv = static_value(entries, b, r)
-        if sv is None:
+        else:
             dirty.add(at >> 12)
-            dirty.add((at + 15) >> 12)
-            continue
-        store(out, at, sv[0], sv[1], elf.path)
-    for addr in b.relr:
-        at = addr - origin
-        if not 0 <= at <= lay.span - 8:
-            raise ElfError(elf.path, f"RELR address {addr - base:#x} outside the object")
-        _Q.pack_into(out, at, (_Q.unpack_from(out, at)[0] + base) & 0xFFFFFFFFFFFFFFFF)
+            dirty.add((at + 7) >> 12)
     info.nrelocs = b.count + len(b.relr)
     info.shared_pages = frozenset(shareable_candidates(elf, lay) - dirty)
     return b

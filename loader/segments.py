@@ -2,62 +2,88 @@
 ldp_seg): text, rodata and RELRO shared read-only from the pool unless a
 fixup writes there; .data private copy-on-write from the pool; bss past
 the file data anonymous; holes between segments PROT_NONE; stub pages
-shared r-x; slot pages anonymous read-write."""
+shared r-x; slot pages anonymous read-write.  Works on page intervals, so
+its cost follows the number of segments and fixup pages, not the size."""
+import bisect
+
 from loader import planformat as pf
 from loader.elf import PF_W, PT_GNU_RELRO
 from loader.image import PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, page_down, page_up, prot_of
 
 
-def page_kinds(elf, base, fix_pages):
-    """{page address: (kind, prot)} over the PT_LOAD span."""
-    pages = {}
+def _intervals(elf, base):
+    """[(start, end, kind, prot)] of the PT_LOAD span before fixups, in
+    address order, non-overlapping."""
     relro = elf.segment(PT_GNU_RELRO)
     r0 = r1 = 0
     if relro is not None:
         r0, r1 = base + page_down(relro.vaddr), base + page_down(relro.vaddr + relro.memsz)
+    out = []
+
+    def add(a, b, kind, prot):
+        if a >= b:
+            return
+        if out and a < out[-1][1]:
+            # two segments share a page: ld.so maps the later over the
+            # earlier's tail; keep that page private with both rights
+            pa, pb, pk, pp = out.pop()
+            if pa < a:
+                out.append((pa, a, pk, pp))
+            out.append((a, min(pb, a + PAGE), pf.SEG_PRIVATE, pp | prot))
+            a = min(pb, a + PAGE)
+            if a >= b:
+                return
+        out.append((a, b, kind, prot))
+
     for s in elf.loads:
         start = base + page_down(s.vaddr)
         file_end = base + page_up(s.vaddr + s.filesz) if s.filesz else start
         end = base + page_up(s.vaddr + s.memsz)
         prot = prot_of(s.flags)
-        for a in range(start, end, PAGE):
-            in_relro = r0 <= a < r1
-            p = PROT_READ if in_relro else prot
-            if a >= file_end:
-                kind = pf.SEG_ANON
-            elif (in_relro or not s.flags & PF_W) and a not in fix_pages:
-                kind = pf.SEG_SHARED
-            else:
-                kind = pf.SEG_PRIVATE
-            old = pages.get(a)
-            if old is not None:
-                # two segments on one page: ld.so maps the later over the
-                # earlier's tail; keep its bytes private and both rights
-                kind, p = pf.SEG_PRIVATE, p | old[1]
-            pages[a] = (kind, p)
-    return pages
+        writable = s.flags & PF_W
+        lo_r, hi_r = max(start, r0), min(file_end, r1)
+        if lo_r < hi_r:
+            add(start, lo_r, pf.SEG_PRIVATE if writable else pf.SEG_SHARED, prot)
+            add(lo_r, hi_r, pf.SEG_SHARED, PROT_READ)
+            add(hi_r, file_end, pf.SEG_PRIVATE if writable else pf.SEG_SHARED, prot)
+        else:
+            add(start, file_end, pf.SEG_PRIVATE if writable else pf.SEG_SHARED, prot)
+        add(max(file_end, start), end, pf.SEG_ANON, prot)
+    return out
 
 
 def object_segments(elf, placed, fix_pages):
     base = placed.base
     lay = placed.info.layout
     span0 = base + lay.lo
-    kinds = page_kinds(elf, base, fix_pages)
+    fixes = sorted(fix_pages)
     rows = []
 
-    def emit(addr, length, off, prot, kind):
+    def emit(addr, end, kind, prot):
+        if addr >= end:
+            return
+        off = placed.pool_off + (addr - span0) if kind != pf.SEG_ANON else 0
         if rows:
             a, n, o, p, k = rows[-1]
             if k == kind and p == prot and a + n == addr and (kind == pf.SEG_ANON or o + n == off):
-                rows[-1] = (a, n + length, o, p, k)
+                rows[-1] = (a, n + end - addr, o, p, k)
                 return
-        rows.append((addr, length, off, prot, kind))
+        rows.append((addr, end - addr, off, prot, kind))
 
-    for a in range(span0, span0 + lay.span, PAGE):
-        kind, prot = kinds.get(a, (pf.SEG_ANON, 0))
-        emit(a, PAGE, placed.pool_off + (a - span0) if kind != pf.SEG_ANON else 0, prot, kind)
+    cur = span0
+    for a, b, kind, prot in _intervals(elf, base):
+        emit(cur, a, pf.SEG_ANON, 0)                 # a hole
+        if kind == pf.SEG_SHARED:
+            i = bisect.bisect_left(fixes, a)
+            while i < len(fixes) and fixes[i] < b:
+                emit(a, fixes[i], kind, prot)
+                emit(fixes[i], fixes[i] + PAGE, pf.SEG_PRIVATE, prot)
+                a = fixes[i] + PAGE
+                i += 1
+        emit(a, b, kind, prot)
+        cur = b
+    emit(cur, span0 + lay.span, pf.SEG_ANON, 0)
     if lay.stub_size:
-        emit(span0 + lay.stub_off, lay.stub_size, placed.pool_off + lay.stub_off,
-             PROT_READ | PROT_EXEC, pf.SEG_SHARED)
-        emit(span0 + lay.slot_off, lay.slot_size, 0, PROT_READ | PROT_WRITE, pf.SEG_ANON)
+        emit(span0 + lay.stub_off, span0 + lay.stub_off + lay.stub_size, pf.SEG_SHARED, PROT_READ | PROT_EXEC)
+        emit(span0 + lay.slot_off, span0 + lay.slot_off + lay.slot_size, pf.SEG_ANON, PROT_READ | PROT_WRITE)
     return rows
