@@ -134,7 +134,18 @@ def tls_tables(b, live_img, image_addr, n):
             modid[t] = word
         elif ty == 18 and not tpoff[t]:
             tpoff[t] = (word - b.value[k] - b.addend[k] + 2**63) % 2**64 - 2**63
+        elif ty == 36 and not tpoff[t]:
+            arg = int.from_bytes(live_img[b.addr[k] - image_addr + 8:b.addr[k] - image_addr + 16], "little")
+            tpoff[t] = (arg - b.value[k] - b.addend[k] + 2**63) % 2**64 - 2**63
     return modid, tpoff
+
+
+def tlsdesc_resolver(b, live_img, image_addr):
+    """The static TLSDESC resolver ld.so chose (first word of a TLSDESC)."""
+    for k in range(b.count):
+        if b.rtype[k] == 36 and b.target[k] >= 0:
+            return int.from_bytes(live_img[b.addr[k] - image_addr:b.addr[k] - image_addr + 8], "little")
+    return 0
 
 
 def live_check(pid, scope, i, relro_only=False):
@@ -147,7 +158,9 @@ def live_check(pid, scope, i, relro_only=False):
     img, image_addr = file_image(elf, scope.l_addr(i))
     live_img = read_relocated(pid, b, image_addr, len(img))
     modid, tpoff = tls_tables(b, live_img, image_addr, len(scope))
-    deferred = set(reloc.apply(img, image_addr, b, tls_modid=modid, tls_tpoff=tpoff))
+    desc = tlsdesc_resolver(b, live_img, image_addr)
+    deferred = set(reloc.apply(img, image_addr, b, tls_modid=modid, tls_tpoff=tpoff,
+                               tlsdesc_resolver=desc))
     lo, hi = 0, len(img)
     if relro_only:
         seg = elf.segment(0x6474E552)

@@ -65,13 +65,16 @@ SOURCES = {
     "libA.c": "int c_calls_deep(void);\nint who(void) { return 1; }\nint a(void) { return c_calls_deep(); }\n",
     "libB.c": "int who(void) { return 2; }\nint deep(void) { return 2; }\n",
     # TLS
+    # TLS descriptors (-mtls-dialect=gnu2): R_X86_64_TLSDESC
+    "libt2.c": "__thread int t2var = 5; static __thread int t2loc = 6;\n"
+               "int t2(void) { return t2var + t2loc; }\n",
     "libt.c": ("__thread int tvar = 3; static __thread int tlocal = 4;\n"
                "int *tls_addr(void) { return &tvar; }\nint *tls_local(void) { return &tlocal; }\n"),
     "main.c": WAIT + textwrap.dedent("""
         int w1(void); int wfunc(void); int call_pfun(void); void *addr_pfun(void);
         int use_hid(void); int hid(void); extern int counter; extern const char *names[2];
         int get_counter(void); int call_greet(void); int sysv_fn(void); int who(void); int a(void);
-        int deep(void); int *tls_addr(void); int *tls_local(void); extern __thread int tvar;
+        int deep(void); int t2(void); int *tls_addr(void); int *tls_local(void); extern __thread int tvar;
         __attribute__((weak)) int missing_weak(void);
         int pfun(void) { return 10; }
         int greet(void) { return 20; }
@@ -82,7 +85,7 @@ SOURCES = {
             keep[0] = (void *)&pfun; keep[1] = (void *)&missing_weak; keep[2] = names; keep[3] = &tvar;
             return w1() + wfunc() + call_pfun() + (addr_pfun() != 0) + use_hid() + hid() + counter
                 + get_counter() + call_greet() + sysv_fn() + who() + a() + deep() + *tls_addr()
-                + *tls_local() + tvar == 0;
+                + *tls_local() + tvar + t2() == 0;
         }
     """),
     # dlopen(RTLD_LOCAL) of libA (needs libC) from a program linked with libB
@@ -117,11 +120,12 @@ cc -O1 -o exe_unversioned mainv.c -Lplain -lv -Wl,-rpath,'$ORIGIN'
 cc -O1 -o exe_new mainv.c -L. -lv -Wl,-rpath,'$ORIGIN'
 rm libv.so
 for l in w1 w2 p d h t C B; do cc -O1 -fPIC -shared -o lib$l.so lib$l.c; done
+cc -O1 -fPIC -shared -mtls-dialect=gnu2 -o libt2.so libt2.c
 cc -O1 -fPIC -shared -Wl,--hash-style=sysv -o libs.so libs.c
 cc -O1 -fPIC -shared -o libA.so libA.c -L. -lC -Wl,-rpath,'$ORIGIN'
-cc -O1 -no-pie -fno-pic -rdynamic -Wl,--hash-style=sysv -o exe main.c -L. -lw1 -lw2 -lp -ld -lh -ls -lA -lB -lt \
+cc -O1 -no-pie -fno-pic -rdynamic -Wl,--hash-style=sysv -o exe main.c -L. -lw1 -lw2 -lp -ld -lh -ls -lA -lB -lt -lt2 \
    -Wl,-rpath,'$ORIGIN' -Wl,-rpath-link,.
-cc -O1 -o exe_pie main.c -L. -lw1 -lw2 -lp -ld -lh -ls -lA -lB -lt -Wl,-rpath,'$ORIGIN' -Wl,-rpath-link,.
+cc -O1 -o exe_pie main.c -L. -lw1 -lw2 -lp -ld -lh -ls -lA -lB -lt -lt2 -Wl,-rpath,'$ORIGIN' -Wl,-rpath-link,.
 cc -O1 -fPIC -shared -o libx.so libx.c
 cc -O1 -o exe_x mainx.c -L. -lx -Wl,-rpath,'$ORIGIN' -Wl,--allow-shlib-undefined
 cc -O1 -o exe_dl maindl.c -L. -lB -Wl,-rpath,'$ORIGIN'
