@@ -91,12 +91,17 @@ static void *dlopen_locked(const char *file, int mode, void *caller)
         return NULL;
     }
     if (p->h->nobj == 0) {
-        /* the broker resolved it to an object we already hold */
-        r = ldp_find_name(file);
+        /* the lease already holds it: loaded, or dlclose()d by us earlier
+         * (we keep the broker's references, so the old plan is still valid) */
         free(p);
+        r = ldp_find_name(file);
+        if (r) {
+            r->refcount++;
+            return r;
+        }
+        r = ldp_find_unloaded(file);
         if (!r) { ldp_set_error("%s: cannot open shared object file", file); return NULL; }
-        r->refcount++;
-        return r;
+        return open_plan(r->plan, mode);
     }
     return open_plan(p, mode);
 }
@@ -192,20 +197,23 @@ static int dlclose_locked(void *h)
     if (!r) return dlclose(h);
     if (r->refcount > 0) r->refcount--;
     if (r->refcount > 0 || !r->dlopened || (r->o->flags & LDP_OBJ_NODELETE)) return 0;
-    /* unload the plan this object came with, in reverse init order */
+    /* Unload the plan this object came with, unless one of its objects is
+     * still used through another handle.  The broker keeps the lease's
+     * references: a later dlopen of the same name gets an empty plan and
+     * maps this one again. */
     struct ldp_plan *p = r->plan;
-    for (uint32_t i = p->h->ninit; i-- > 0;) ldp_run_finis_obj(ldp_objs[p->init[i]]);
-    uint32_t gone = 0;
     for (uint32_t i = 0; i < p->h->nobj; i++) {
         struct ldp_rt *x = ldp_objs[p->first_index + i];
-        if (x != r && x->refcount > 1) continue;
+        if (x != r && x->refcount > 1) return 0;
+    }
+    for (uint32_t i = p->h->ninit; i-- > 0;) ldp_run_finis_obj(ldp_objs[p->init[i]]);
+    for (uint32_t i = 0; i < p->h->nobj; i++) {
+        struct ldp_rt *x = ldp_objs[p->first_index + i];
         ldp_run_finis_obj(x);
         ldp_unmap(x);
         x->state = LDP_ST_GONE;
         ldp_subs++;
-        gone++;
     }
-    if (gone == p->h->nobj) ldp_broker_release(p->h->lease, p->first_index, p->h->nobj);
     return 0;
 }
 

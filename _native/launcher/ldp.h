@@ -67,6 +67,7 @@ void ldp_rt_dyninfo(struct ldp_rt *r);
 struct ldp_rt *ldp_find_addr(const void *addr);
 struct ldp_rt *ldp_from_handle(void *h);
 struct ldp_rt *ldp_find_name(const char *name);
+struct ldp_rt *ldp_find_unloaded(const char *name);
 
 /* ---- mapping (mapping.c) ---- */
 int ldp_map_plan(struct ldp_plan *p, int poolfd, char *err, size_t errlen);

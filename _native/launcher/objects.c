@@ -53,7 +53,6 @@ void ldp_rt_dyninfo(struct ldp_rt *r)
 
 static int needed_matches(struct ldp_rt *r, const char *need)
 {
-    if (r->state == LDP_ST_GONE) return 0;
     if (r->soname && strcmp(r->soname, need) == 0) return 1;
     const char *b = strrchr(r->path, '/');
     if (strcmp(b ? b + 1 : r->path, need) == 0) return 1;
@@ -72,7 +71,7 @@ static void compute_deps(struct ldp_rt *r)
             if (d->d_tag != DT_NEEDED) continue;
             const char *need = x->strtab + d->d_un.d_val;
             for (uint32_t i = 0; i < ldp_nobj; i++) {
-                if (!needed_matches(ldp_objs[i], need)) continue;
+                if (ldp_objs[i]->state == LDP_ST_GONE || !needed_matches(ldp_objs[i], need)) continue;
                 int seen = 0;
                 for (uint32_t k = 0; k < n; k++) if (q[k] == i) seen = 1;
                 if (!seen && n < ldp_nobj + 1) q[n++] = i;
@@ -149,14 +148,22 @@ struct ldp_rt *ldp_from_handle(void *h)
 
 /* The loaded object dlopen(name) means, as ld.so matches it: by path for
  * names with a slash, else by soname or file name. */
-struct ldp_rt *ldp_find_name(const char *name)
+static struct ldp_rt *find_name(const char *name, int gone);
+
+struct ldp_rt *ldp_find_name(const char *name) { return find_name(name, 0); }
+
+/* A dlclose()d object of that name, whose plan can be mapped again. */
+struct ldp_rt *ldp_find_unloaded(const char *name) { return find_name(name, 1); }
+
+static struct ldp_rt *find_name(const char *name, int gone)
 {
     char want[4096], have[4096];
     int slash = strchr(name, '/') != NULL;
     if (slash && !realpath(name, want)) return NULL;
     for (uint32_t i = 0; i < ldp_nobj; i++) {
         struct ldp_rt *r = ldp_objs[i];
-        if (!r || r->state < LDP_ST_MAPPED || r->state == LDP_ST_GONE || (r->o->flags & LDP_OBJ_MAIN)) continue;
+        if (!r || r->state < LDP_ST_MAPPED || (r->state == LDP_ST_GONE) != gone || (r->o->flags & LDP_OBJ_MAIN))
+            continue;
         if (slash) {
             if (realpath(r->path, have) && strcmp(have, want) == 0) return r;
         } else if (needed_matches(r, name)) {

@@ -108,7 +108,7 @@ int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t poo
     p->str = (const char *)buf + h->off_str;
     p->first_index = h->first_index;
     if (p->str[h->str_size - 1] != 0) BAD("plan string table is not NUL-terminated");
-    if (h->nobj == 0) BAD("plan has no objects");
+    if (h->nobj == 0 && h->first_index == 0) BAD("plan has no objects");
     if (h->first_index > 1u << 20 || h->nobj > 1u << 20) BAD("plan object count out of range");
     uint32_t nglobal = h->first_index + h->nobj;
     if (h->first_index == 0 && h->main_obj >= h->nobj) BAD("plan main object %u out of range", h->main_obj);
