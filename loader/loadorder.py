@@ -341,10 +341,6 @@ class Loader:
         return self.resolution
 
     # ------------------------------------------------------------ dlopen
-    @staticmethod
-    def resume(resolution):
-        return resolution.state
-
     def load_library(self, name):
         self.searchlist = []
         self._add_rtld(RTLD_PATH, RTLD_PATH)

@@ -18,14 +18,15 @@ explicit `ld.so FILE` (`explicit_loader=True`, what `ld.so --list` and
 ldd do: $ORIGIN is the directory of FILE as given, symlinks unresolved).
 """
 import os
+import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from loader import hwcaps as _hwcaps
 from loader import ldcache as _ldcache
 from loader import searchpath as sp
-from loader.elf import DT, DF_1_PIE, ET_DYN, ElfFile
-from loader.errors import ElfError, ResolveError
+from loader.elf import ElfFile
+from loader.errors import ResolveError
 
 DF_1_NODEFLIB = 0x800
 DF_1_NOOPEN = 0x40
@@ -106,7 +107,7 @@ class SearchContext:
         self.secure = secure
         self.hw = hw or _hwcaps.detect(env)
         self.cache = ldcache or _ldcache.default_cache(self.hw)
-        self.files = files or FILES
+        self.files = files or shared_files()
         self.llp_text = None if secure else env.get("LD_LIBRARY_PATH")
 
     def abs(self, path):
@@ -142,21 +143,33 @@ class SearchContext:
         return None, other
 
 
-def _default_files():
-    return sp.FileCache()
+# Listings and open files shared by calls that bring no FileCache of their
+# own.  A long-running caller (the broker) must not see a library tree
+# older than a moment, so the shared cache is dropped after FILES_TTL seconds.
+FILES_TTL = 2.0
+_files = None
+_files_born = 0.0
 
 
-FILES = _default_files()
+def shared_files():
+    """The FileCache used when a SearchContext is given none."""
+    global _files, _files_born
+    now = time.monotonic()
+    if _files is None or now - _files_born > FILES_TTL:
+        _files, _files_born = sp.FileCache(), now
+    return _files
 
 
 def clear_caches():
     """Forget cached directory listings and ELF files (after the file system changed)."""
-    global FILES
-    FILES = _default_files()
+    global _files
+    _files = None
 
 
-# The loading machinery lives in loadorder.py; these are the entry points.
-from loader.loadorder import Loader  # noqa: E402  (needs the classes above)
+def _loader(ctx, trace):
+    # the loading machinery (loadorder.py) builds on the classes above
+    from loader.loadorder import Loader
+    return Loader(ctx, trace)
 
 
 def resolve_program(path, env=None, cwd=None, preload=None, *, explicit_loader=False,
@@ -173,7 +186,7 @@ def resolve_program(path, env=None, cwd=None, preload=None, *, explicit_loader=F
     if secure is None:
         secure = False if explicit_loader else _is_secure(path)
     ctx = context or SearchContext(env, cwd, secure)
-    return Loader(ctx, trace).load_program(path, env, preload, explicit_loader)
+    return _loader(ctx, trace).load_program(path, env, preload, explicit_loader)
 
 
 def resolve_library(path_or_name, env=None, cwd=None, *, context=None):
@@ -181,14 +194,14 @@ def resolve_library(path_or_name, env=None, cwd=None, *, context=None):
     no other objects would: the library first, then its dependencies."""
     env = os.environ if env is None else env
     ctx = context or SearchContext(env, cwd)
-    return Loader(ctx, trace=False).load_library(path_or_name)
+    return _loader(ctx, trace=False).load_library(path_or_name)
 
 
 def resolve_dlopen(resolution, name, requester=None):
     """dlopen(name) called from `requester` (default: the main program):
     returns the objects newly loaded (appended to resolution.objects);
     [] when `name` is already loaded.  ResolveError if anything is missing."""
-    return Loader.resume(resolution).dlopen(name, requester)
+    return resolution.state.dlopen(name, requester)
 
 
 def _is_secure(path):
@@ -201,5 +214,4 @@ def _is_secure(path):
 
 
 __all__ = ["LoadedObject", "Resolution", "SearchContext", "resolve_program", "resolve_library",
-           "resolve_dlopen", "is_glibc_soname", "clear_caches", "RTLD_PATH", "VDSO_NAME",
-           "DF_1_NODEFLIB", "DF_1_NOOPEN", "DF_1_PIE", "ET_DYN", "DT", "ElfError"]
+           "resolve_dlopen", "is_glibc_soname", "clear_caches", "shared_files", "RTLD_PATH", "VDSO_NAME"]

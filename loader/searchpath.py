@@ -5,7 +5,6 @@ tokens, search-path lists, and the per-candidate check open_verify() makes.
 so one process can resolve hundreds of programs: a candidate whose name is
 not in its directory's listing costs a set lookup, not an open().
 """
-import errno
 import os
 import stat
 import struct
@@ -252,7 +251,3 @@ def origin_of(path, cwd):
     full = path if path.startswith("/") else (cwd.rstrip("/") + "/" + path)
     d = full[:full.rfind("/")]
     return d or "/"
-
-
-def errno_text(code):
-    return os.strerror(code) if code else os.strerror(errno.ENOENT)

@@ -1,7 +1,6 @@
 """loader.ldcache against the real ld.so: the system cache, and caches that
 ldconfig writes in every format (new, compat, old) with glibc-hwcaps
 entries, swapped in for /etc/ld.so.cache in a private mount namespace."""
-import os
 import re
 import subprocess
 
@@ -9,7 +8,7 @@ import pytest
 
 from loader import hwcaps
 from loader.ldcache import LdCache, default_cache, libcmp
-from ldtrees import RTLD, Tree, strip_addresses
+from ldtrees import RTLD, Tree
 
 
 def _sign(x):
