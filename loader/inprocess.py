@@ -10,7 +10,9 @@ Objects are mapped at their fixed placements (MAP_FIXED_NOREPLACE),
 fixed up dependencies first, RELRO made read-only, unwind tables
 registered with the mapped libgcc_s (C++ exceptions), then initialised in
 glibc's order.  An object shared by two open libraries is mapped once.
-Images come from a private local pool (loader.localpool)."""
+Images come from the broker's pool when a broker answers (the library
+is acquired as a lease of its own, held by one process-wide connection),
+else from a private local pool (loader.localpool)."""
 import ctypes
 import os
 import struct
@@ -71,6 +73,7 @@ class _Mapped:
     def __init__(self, rec, path):
         self.rec, self.path, self.refs = rec, path, 0
         self.frames = []            # (deregister function, eh_frame address, buffer)
+        self.modid = 0
 
 
 def _import_addresses(p):
@@ -138,6 +141,7 @@ class Library:
         self._name, self._res, self._plan = name, resolution, plan
         self._mapped, self._scope, self._order = mapped, scope, order
         self._closed = False
+        self._lease = None
 
     def symbol_address(self, name, version=None):
         if self._closed:
@@ -192,11 +196,14 @@ class Library:
             for m in dropping:
                 for dereg, eh, _buf in m.frames:
                     dereg(eh)
-                if m.rec["tls_modid"]:
-                    napply.unregister_tls(m.rec["tls_modid"])
+                if m.modid:
+                    napply.unregister_tls(m.modid)
             for m in dropping:
                 _munmap(m.rec["map_start"], m.rec["map_end"] - m.rec["map_start"])
                 del _state["mapped"][m.path]
+            # the broker's references go only when nothing of the lease stays mapped
+            if self._lease is not None and len(dropping) == len(self._mapped) and _state.get("conn"):
+                _state["conn"].release(self._lease)
 
     def __enter__(self):
         return self
@@ -208,34 +215,62 @@ class Library:
         return f"<loader.open {self._name!r}{' closed' if self._closed else ''}>"
 
 
-def open(name):  # noqa: A001  (the API's name)
+def _broker():
+    """The process-wide broker connection, or None when no broker answers."""
+    if "conn" not in _state:
+        from loader import client
+        from loader.errors import BrokerError
+        try:
+            _state["conn"] = client.connect(start_embedded=False, name="loader.open")
+        except BrokerError:
+            _state["conn"] = None
+    return _state["conn"]
+
+
+def _plan(res, source):
+    """(plan bytes, pool fd, lease or None) for the library of `res`: from
+    the broker (the library acquired as a lease of its own, placements and
+    fixups computed there) or from the private local pool."""
+    conn = _broker() if source in (None, "broker") else None
+    if conn is not None:
+        blob = conn.acquire_program(os.path.realpath(res.objects[0].path), env=dict(os.environ))
+        return blob, conn.pool_fd, pf.unpack(blob).hdr["lease"]
+    if source == "broker":
+        raise LdpoolError("no broker answers (loader.open(..., source='broker'))")
+    from loader.plan import build_dlopen_plan
+    pool = _pool()
+    blob = build_dlopen_plan(res, list(res.objects), pool, first_index=0)
+    return blob, pool.fd, None
+
+
+def open(name, source=None):  # noqa: A001  (the API's name)
     """Map `name` (a soname searched as dlopen would, or a path) and its
-    dependencies into this process; returns a Library."""
+    dependencies into this process; returns a Library.  source: "broker",
+    "local", or None (the broker's pool when a broker answers)."""
+    import array
     from _native import apply as napply
     from loader import resolve
-    from loader.plan import build_dlopen_plan
     from loader.scope import Scope
     with _lock:
         res = resolve.resolve_library(name, env=dict(os.environ), cwd=os.getcwd())
-        pool = _pool()
-        first = _state["next_index"]
-        blob = build_dlopen_plan(res, list(res.objects), pool, first_index=first)
+        blob, fd, lease = _plan(res, source)
         p = pf.unpack(blob)
-        _state["next_index"] = first + len(p.objects)
         for g in p.glibc:
             ctypes.CDLL(p.string(g), mode=os.RTLD_GLOBAL)
-        imports = _import_addresses(p)
-        import array
-        imp = array.array("Q", imports)
-        modids = array.array("Q", [o["tls_modid"] for o in p.objects])
+        imp = array.array("Q", _import_addresses(p))
+        # module ids unique in this process, whatever the plan numbered
+        first = _state["next_index"]
+        _state["next_index"] = first + len(p.objects)
+        modids = array.array("Q", [1 + first + i if o["tls_modid"] else 0 for i, o in enumerate(p.objects)])
         fixbytes = memoryview(blob)[p.hdr["off_fix"]:p.hdr["off_fix"] + pf.FIX.size * p.hdr["nfix"]]
         mapped, fresh = [], []
-        for o in p.objects:
-            key = p.string(o["path"])
+        for i, o in enumerate(p.objects):
+            key = (p.string(o["path"]), o["map_start"])
             m = _state["mapped"].get(key)
-            if m is None or m.rec["map_start"] != o["map_start"]:
-                _map_object(p, o, pool.fd)
+            if m is None:
+                _map_object(p, o, fd)
                 m = _Mapped(o, key)
+                m.modid = modids[i]
                 _state["mapped"][key] = m
                 fresh.append(m)
             m.refs += 1
@@ -243,16 +278,18 @@ def open(name):  # noqa: A001  (the API's name)
         for m in reversed(fresh):            # dependencies first, as ld.so relocates
             o = m.rec
             napply.apply_fixups(fixbytes[pf.FIX.size * o["fix_first"]:pf.FIX.size * (o["fix_first"] + o["fix_count"])],
-                                imp, modids, first)
-            if o["tls_modid"]:
-                napply.register_tls(o["tls_modid"], o["tls_image"], o["tls_filesz"], o["tls_memsz"], o["tls_align"])
+                                imp, modids, p.hdr["first_index"])
+            if m.modid:
+                napply.register_tls(m.modid, o["tls_image"], o["tls_filesz"], o["tls_memsz"], o["tls_align"])
             _protect(p, o)
-        entries = [(ob.elf, next((x["l_addr"] for x in p.objects if p.string(x["path"]) == ob.path), 0), ob.is_glibc)
-                   for ob in res.objects]
+        bias = {os.path.realpath(p.string(x["path"])): x["l_addr"] for x in p.objects}
+        entries = [(ob.elf, bias.get(os.path.realpath(ob.path), 0), ob.is_glibc) for ob in res.objects]
         scope = Scope(entries)
         _register_frames(scope, fresh)
-        by_index = {first + i: mapped[i] for i in range(len(mapped))}
-        order = [by_index[g] for g in p.init]
+        first_index = p.hdr["first_index"]
+        order = [mapped[g - first_index] for g in p.init]
+        if p.hdr["main_obj"] != pf.NONE:     # a broker plan: the library is its "program"
+            order.append(mapped[p.hdr["main_obj"] - first_index])
         environ = ctypes.c_void_p.in_dll(_libc, "environ").value
         for m in order:
             if m not in fresh:
@@ -264,7 +301,9 @@ def open(name):  # noqa: A001  (the API's name)
                 fn = ctypes.c_uint64.from_address(o["init_array"] + 8 * i).value
                 if fn not in (0, 2**64 - 1):
                     _INITFN(fn)(0, None, environ)
-        return Library(name, res, p, mapped, scope, order)
+        lib = Library(name, res, p, mapped, scope, order)
+        lib._lease = lease
+        return lib
 
 
 def _register_frames(scope, fresh):

@@ -22,7 +22,7 @@ def mappings_of(path):
 
 
 def test_libz_crc32_and_compress2():
-    z = loader.open("libz.so.1")
+    z = loader.open("libz.so.1", "local")
     try:
         z.crc32.restype = ctypes.c_ulong
         z.crc32.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_uint]
@@ -44,7 +44,7 @@ def test_libz_crc32_and_compress2():
 
 
 def test_libsqlite3_query():
-    with loader.open("libsqlite3.so.0") as s:
+    with loader.open("libsqlite3.so.0", "local") as s:
         db = ctypes.c_void_p()
         assert s.sqlite3_open(b":memory:", ctypes.byref(db)) == 0
         rows = []
@@ -65,7 +65,7 @@ def test_libsqlite3_query():
 
 
 def test_libcrypto_sha256():
-    with loader.open("libcrypto.so.3") as c:
+    with loader.open("libcrypto.so.3", "local") as c:
         c.SHA256.restype = ctypes.c_void_p
         c.SHA256.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
         for data in (b"", b"abc", os.urandom(100_000)):
@@ -112,7 +112,7 @@ def test_cxx_exceptions_statics_and_tls(tmp_path):
     (tmp_path / "cx.cpp").write_text(CXX)
     lib = tmp_path / "libcx.so"
     subprocess.run(["g++", "-shared", "-fPIC", "-O1", "-o", lib, tmp_path / "cx.cpp"], check=True)
-    x = loader.open(str(lib))
+    x = loader.open(str(lib), "local")
     try:
         assert x.ctor_ok() == 1
         assert x.thrower(3) == len("boom 3") + 3
@@ -137,11 +137,43 @@ def test_cxx_exceptions_statics_and_tls(tmp_path):
 
 def test_errors_are_one_liners(tmp_path):
     with pytest.raises(ResolveError, match="libnot-there.so.9"):
-        loader.open("libnot-there.so.9")
+        loader.open("libnot-there.so.9", "local")
     bad = tmp_path / "libbad.so"
     bad.write_bytes(b"not an elf file at all")
     with pytest.raises(LdpoolError, match="libbad.so: .*short"):
-        loader.open(str(bad))
+        loader.open(str(bad), "local")
     bad.write_bytes(open("/lib/x86_64-linux-gnu/libz.so.1", "rb").read()[:200])
     with pytest.raises(LdpoolError, match="libbad.so"):
-        loader.open(str(bad))
+        loader.open(str(bad), "local")
+
+
+def test_from_the_brokers_pool(tmp_path, monkeypatch):
+    """With a broker answering, images come from its shared pool and the
+    connection holds a lease until the handle is closed."""
+    from loader import client, inprocess
+    sock = tmp_path / "broker.sock"
+    monkeypatch.setenv("LDPOOL_SOCKET", str(sock))
+    client.connect(str(sock), start_embedded=True).close()
+    old = inprocess._state.pop("conn", None)
+    try:
+        z = loader.open("libz.so.1")
+        assert z._lease is not None
+        z.crc32.restype = ctypes.c_ulong
+        data = os.urandom(3000)
+        assert z.crc32(0, data, len(data)) == zlib.crc32(data)
+        addr = z.symbol_address("crc32")
+        with open("/proc/self/maps") as f:
+            line = next(x for x in f if int(x.split("-")[0], 16) <= addr < int(x.split()[0].split("-")[1], 16))
+        assert "/dev/shm/ldpool-" in line and line.split()[1] == "r-xs"
+        conn = inprocess._state["conn"]
+        leases = [c["leases"] for c in conn.stats()["clients"] if c["name"] == "loader.open"]
+        assert leases and leases[0] >= 1
+        z.close()
+        leases = [c["leases"] for c in conn.stats()["clients"] if c["name"] == "loader.open"]
+        assert leases == [0]
+    finally:
+        c = inprocess._state.pop("conn", None)
+        if c is not None:
+            c.close()
+        if old is not None:
+            inprocess._state["conn"] = old
