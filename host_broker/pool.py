@@ -6,6 +6,7 @@ punched out again (MADV_REMOVE).
 
 Page 0 is a header that clients and guests can check (layout in
 docs/protocol.md); everything else is handed out by an Extents allocator."""
+import fcntl
 import mmap
 import os
 import re
@@ -51,11 +52,23 @@ class Pool:
     def create(cls, name, size, epoch, window, window_size):
         """A fresh pool; an existing one of that name is unlinked first (its
         mappings in running processes stay valid)."""
-        unlink(name)
+        try:
+            old = posix_ipc.SharedMemory(name)
+        except posix_ipc.ExistentialError:
+            pass
+        except (posix_ipc.Error, OSError) as e:
+            raise PoolError(f"cannot open pool {name}: {e}") from None
+        else:
+            try:
+                _lock(old.fd, name)
+            finally:
+                old.close_fd()
+            unlink(name)
         try:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         except (posix_ipc.Error, OSError) as e:
             raise PoolError(f"cannot create pool {name}: {e}") from None
+        _lock(shm.fd, name)
         mm = _map(shm.fd, size, name)
         instance = secrets.token_bytes(16)
         _HDR.pack_into(mm, 0, MAGIC, VERSION, HEADER_SIZE, size, epoch, window, window_size, instance)
@@ -71,6 +84,11 @@ class Pool:
             raise PoolError(f"pool {name} does not exist") from None
         except (posix_ipc.Error, OSError) as e:
             raise PoolError(f"cannot open pool {name}: {e}") from None
+        try:
+            _lock(shm.fd, name)
+        except PoolError:
+            shm.close_fd()
+            raise
         size = os.fstat(shm.fd).st_size
         if size < HEADER_SIZE or size & (size - 1):
             shm.close_fd()
@@ -113,6 +131,19 @@ class Pool:
         if self._ro is not None:
             os.close(self._ro)
             self._ro = None
+
+
+class PoolInUse(PoolError):
+    pass
+
+
+def _lock(fd, name):
+    """One broker per pool: it holds an flock on its descriptor for life
+    (clients' read-only descriptors are separate opens, never locked)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise PoolInUse(f"pool {name} is in use by another broker") from None
 
 
 def _map(fd, size, name):

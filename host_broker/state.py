@@ -3,6 +3,7 @@ journal. A new broker first tries to re-attach to what the previous one left
 (same epoch, so running programs' mappings stay meaningful); anything that
 does not check out (journal corrupted, pool missing, of another size or
 instance) is reported in one line and replaced by a fresh epoch."""
+import os
 import secrets
 import threading
 import time
@@ -11,7 +12,7 @@ from host_broker import journal
 from host_broker.images import ImageStore
 from host_broker.journal import JournalError
 from host_broker.placement import WINDOW, WINDOW_SIZE, Placements
-from host_broker.pool import Pool, PoolError
+from host_broker.pool import Pool, PoolError, PoolInUse
 from host_broker.refcount import RefCounts
 
 
@@ -22,6 +23,13 @@ class BrokerState:
         self.recovered = False
         self.mutex = threading.Lock()   # refcounts vs. evictions from the build thread
         self.quarantined = 0
+        d = os.path.dirname(journal_path) or "."
+        for f in os.listdir(d):        # half-written journals of a killed broker
+            if f.startswith(os.path.basename(journal_path) + ".tmp"):
+                try:
+                    os.unlink(os.path.join(d, f))
+                except OSError:
+                    pass
         st = self._load()
         if st is None:
             self._fresh()
@@ -36,6 +44,8 @@ class BrokerState:
             return None
         try:
             pool = Pool.attach(self.pool_name)
+        except PoolInUse:
+            raise
         except PoolError as e:
             self.log(f"{e}; starting a fresh pool")
             return None

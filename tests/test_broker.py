@@ -384,3 +384,13 @@ def test_frames_reassemble_from_any_chunking(frames, cuts):
 def test_key_values_roundtrip(pairs):
     req = P.Request.decode(P.encode_kv(pairs))
     assert req.pairs == [(k, v) for k, v in pairs]
+
+
+def test_one_broker_per_pool(broker, tmp_path, ldpool_bin):
+    """A second broker on another socket but the same pool must not clobber it."""
+    r = subprocess.run([ldpool_bin, "broker", "--socket", str(tmp_path / "other.sock"),
+                        "--pool", broker.pool], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "in use by another broker" in r.stderr
+    assert r.stderr.count("\n") == 1
+    with broker.connect() as c:
+        c.acquire_program("/usr/bin/gzip")

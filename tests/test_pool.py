@@ -30,7 +30,8 @@ def pool():
     name = f"/ldpool-test-{uuid.uuid4().hex[:12]}"
     p = Pool.create(name, 4 << 20, epoch=7, window=WINDOW, window_size=WINDOW_SIZE)
     yield p
-    p.close()
+    if not p.mm.closed:
+        p.close()
     posix_ipc.unlink_shared_memory(name)
 
 
@@ -50,22 +51,31 @@ def test_pool_is_sparse_and_reattachable(pool):
     off = pool.alloc(100_000)
     assert off >= HEADER_SIZE and off % 4096 == 0
     pool.view[off:off + 5] = b"hello"
-    again = Pool.attach(pool.name)
-    try:
-        assert (again.epoch, again.instance, again.size) == (7, pool.instance, pool.size)
-        assert bytes(again.view[off:off + 5]) == b"hello"
-    finally:
-        again.close()
     before = pool.resident_bytes()
     pool.free(off)
     assert pool.resident_bytes() < before                  # punched out again
     assert bytes(pool.view[off:off + 5]) == bytes(5)
+    pool.view[off:off + 5] = b"hello"
+    # one broker per pool: a second one cannot take it, nor recreate it
+    with pytest.raises(PoolError, match="in use by another broker"):
+        Pool.attach(pool.name)
+    with pytest.raises(PoolError, match="in use by another broker"):
+        Pool.create(pool.name, 4 << 20, 8, WINDOW, WINDOW_SIZE)
+    instance = pool.instance
+    pool.close()                                           # the broker dies; the pool stays
+    again = Pool.attach(pool.name)
+    try:
+        assert (again.epoch, again.instance, again.size) == (7, instance, 4 << 20)
+        assert bytes(again.view[off:off + 5]) == b"hello"
+    finally:
+        again.close()
 
 
 def test_attach_errors(pool):
     with pytest.raises(PoolError, match="does not exist"):
         Pool.attach("/ldpool-test-missing-" + uuid.uuid4().hex[:8])
     pool.view[0:8] = b"NOTAPOOL"
+    pool.close()
     with pytest.raises(PoolError, match="header is corrupted"):
         Pool.attach(pool.name)
 
