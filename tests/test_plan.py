@@ -126,8 +126,8 @@ class Memory:
                     raise AssertionError(f"fixup type {t} not expected in these programs")
 
 
-def replay_and_check(prog, pool):
-    res = resolve.resolve_program(prog, env={})
+def replay_and_check(prog, pool, env=None):
+    res = resolve.resolve_program(prog, env=env or {})
     blob, counts = build_plan(res, pool, with_stats=True)
     p = pf.unpack(blob)
     text = explain(blob)
@@ -179,12 +179,12 @@ def replay_and_check(prog, pool):
             assert ours == theirs, (prog, o and p.string(o["path"]), hex(b.addr[r] - pl.base), b.rtype[r])
             checked += 1
         del modid
-    return p, checked
+    return p, checked, res
 
 
 @pytest.mark.parametrize("prog", PROGRAMS)
 def test_plan_replays_to_what_the_engine_computes(prog, pool):
-    p, checked = replay_and_check(prog, pool)
+    p, checked, _ = replay_and_check(prog, pool)
     assert checked > 100
     # segments: contiguous page-aligned cover of each range; shared ones read-only
     for o in p.objects:
@@ -291,3 +291,63 @@ def test_debug_entry_point_runs_xz(tmp_path):
     assert subprocess.run(["xz", "-dc"], input=packed.stdout, capture_output=True).stdout == data
     st = via_launcher(tmp_path, ["/usr/bin/xz", "--bogus"])
     assert st.returncode == subprocess.run(["xz", "--bogus"], capture_output=True).returncode == 1
+
+
+def test_interposition_by_preload(tmp_path, pool):
+    """The canonical image of libA binds f to libB; with LD_PRELOAD=libC
+    (which defines f too) the process binds it to libC: the plan must
+    override the image's GOT entry, and leave everything else alone."""
+    (tmp_path / "b.c").write_text("int f(void) { return 1; } int g(void) { return 10; }\n")
+    (tmp_path / "c.c").write_text("int f(void) { return 100; }\n")
+    (tmp_path / "a.c").write_text("int f(void); int g(void); int (*pf)(void) = f;\n"
+                                  "int a(void) { return f() + g() + pf(); }\n")
+    (tmp_path / "m.c").write_text("int a(void); int main(void) { return a(); }\n")
+    cc = ["cc", "-fPIC", "-O1"]
+    subprocess.run(cc + ["-shared", "-o", tmp_path / "libb.so", tmp_path / "b.c"], check=True)
+    subprocess.run(cc + ["-shared", "-o", tmp_path / "libc_pre.so", tmp_path / "c.c"], check=True)
+    subprocess.run(cc + ["-shared", "-o", tmp_path / "liba.so", tmp_path / "a.c", "-L", tmp_path, "-lb",
+                         "-Wl,-rpath," + str(tmp_path)], check=True)
+    subprocess.run(cc + ["-o", tmp_path / "exe", tmp_path / "m.c", "-L", tmp_path, "-la",
+                         "-Wl,-rpath," + str(tmp_path)], check=True)
+    exe = str(tmp_path / "exe")
+    env = {"LD_PRELOAD": str(tmp_path / "libc_pre.so")}
+    assert subprocess.run([exe], env=env).returncode == 210
+    p, checked, res = replay_and_check(exe, pool, env)
+    names = [os.path.basename(p.string(o["path"])) for o in p.objects]
+    assert names == ["exe", "libc_pre.so", "liba.so", "libb.so"]
+    assert p.objects[1]["flags"] & pf.OBJ_PRELOAD
+    liba, libc_pre = p.objects[2], p.objects[1]
+    f_pre = res.objects[1].elf
+    f_addr = libc_pre["l_addr"] + next(f_pre.symbol(i).value for i in range(f_pre.nsyms)
+                                      if f_pre.symbol(i).name == "f")
+    fixes = p.fixups[liba["fix_first"]:liba["fix_first"] + liba["fix_count"]]
+    overrides = [f for f in fixes if f[1] == pf.FIX_ABS64 and f[3] == f_addr]
+    assert len(overrides) == 2          # the PLT slot of f and the pointer pf
+    assert all(f[1] != pf.FIX_ABS64 or f[3] == f_addr for f in fixes)
+    # without the preload the image is right as it is
+    p2, _, _ = replay_and_check(exe, pool)
+    a2 = p2.objects[1]
+    assert not [f for f in p2.fixups[a2["fix_first"]:a2["fix_first"] + a2["fix_count"]] if f[1] == pf.FIX_ABS64]
+
+
+def test_dlopen_plan_init_order_and_indices(pool):
+    """python3 importing _ssl: the dlopen plan holds only the new objects,
+    numbered after the program's, initialised in glibc's order."""
+    prog = "/usr/bin/python3"
+    ext = subprocess.run([prog, "-c", "import _ssl; print(_ssl.__file__)"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    env = dict(os.environ, LD_DEBUG="files")
+    err = subprocess.run([prog, "-c", "import _ssl"], capture_output=True, text=True, env=env).stderr
+    ran = [os.path.realpath(m) for m in re.findall(r"calling init: (\S+)", err)]
+    res = resolve.resolve_program(prog, env={})
+    n0 = len([o for o in res.objects if not o.is_glibc])
+    pf.unpack(build_plan(res, pool))
+    new = resolve.resolve_dlopen(res, ext, res.objects[0])
+    from loader.plan import build_dlopen_plan
+    p = pf.unpack(build_dlopen_plan(res, new, pool, first_index=n0))
+    assert p.hdr["first_index"] == n0 and p.hdr["main_obj"] == pf.NONE
+    assert [p.string(o["path"]) for o in p.objects] == [o.path for o in new if not o.is_glibc]
+    assert all(n0 <= i < n0 + len(p.objects) for i in p.init)
+    got = [os.path.realpath(p.string(p.objects[i - n0]["path"])) for i in p.init]
+    assert got == [x for x in ran if x in set(got)]
+    assert got[-1] == os.path.realpath(ext)
