@@ -9,7 +9,7 @@ from loader.elf import DT, DF_1_PIE, ET_DYN, PT_DYNAMIC, ElfFile
 
 DT_NEEDED, DT_AUXILIARY, DT_FILTER = DT["NEEDED"], 0x7FFFFFFD, 0x7FFFFFFF
 from loader.errors import ElfError, ResolveError
-from loader.resolve import (DF_1_NODEFLIB, DF_1_NOOPEN, RTLD_PATH, LoadedObject, Resolution,
+from loader.resolve import (DF_1_NODEFLIB, DF_1_NOOPEN, RTLD_PATH, LoadedObject, Missing, Resolution,
                             is_glibc_soname)
 
 PRELOAD_FILE = "/etc/ld.so.preload"
@@ -277,7 +277,7 @@ class Loader:
                         continue
                     dep = self.map_object(obj, name, trace=trace)
                     if dep is None:
-                        sl.append((name, obj))
+                        sl.append(Missing(name, obj))
                     elif id(dep) not in reserved:
                         reserved.add(id(dep))
                         sl.append(dep)
@@ -296,7 +296,7 @@ class Loader:
                     if fill:
                         obj.filtees.append(aux)
                     if aux is None:
-                        aux = (name, obj)
+                        aux = Missing(name, obj)
                     elif id(aux) in reserved:
                         j = next(k for k, o in enumerate(sl) if o is aux)
                         if j < pos:

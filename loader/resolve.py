@@ -20,7 +20,7 @@ ldd do: $ORIGIN is the directory of FILE as given, symlinks unresolved).
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from loader import hwcaps as _hwcaps
 from loader import ldcache as _ldcache
@@ -77,12 +77,21 @@ class LoadedObject:
         return f"<LoadedObject #{self.index} {self.name} => {self.path}>"
 
 
+class Missing(NamedTuple):
+    """A needed library that was not found (an ldd "not found" line)."""
+    name: str
+    requester: LoadedObject
+
+    def __str__(self):
+        return f"{self.name} (needed by {self.requester.path})"
+
+
 @dataclass(eq=False)
 class Resolution:
     """A program's objects in ld.so's load order."""
     main: LoadedObject
     objects: List[LoadedObject]            # main, preloads, BFS; ld.so where it sits in the search list
-    missing: list                          # [(name, requester LoadedObject)]
+    missing: list                          # [Missing(name, requester LoadedObject)] in ldd's order
     interp: str                            # PT_INTERP (or ld.so's path for a library)
     listing: list = field(default_factory=list)  # ld.so --list order: (name, LoadedObject or None); no vdso
     warnings: list = field(default_factory=list)  # ld.so's non-fatal messages (bad LD_PRELOAD entries)
@@ -213,5 +222,5 @@ def _is_secure(path):
                 or (st.st_mode & 0o2000 and st.st_gid != os.getegid()))
 
 
-__all__ = ["LoadedObject", "Resolution", "SearchContext", "resolve_program", "resolve_library",
+__all__ = ["LoadedObject", "Missing", "Resolution", "SearchContext", "resolve_program", "resolve_library",
            "resolve_dlopen", "is_glibc_soname", "clear_caches", "shared_files", "RTLD_PATH", "VDSO_NAME"]
