@@ -38,6 +38,8 @@ def add_arguments(p):
                    "else the per-user socket; the embedded broker starts when none answers)")
     p.add_argument("--no-fallback", action="store_true",
                    help="fail instead of running an unpoolable program under plain ld.so")
+    p.add_argument("--explain", action="store_true",
+                   help="print the plan PROG would get (from a private pool) instead of running it")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="PROG ARGS...")
 
 
@@ -129,9 +131,22 @@ def run(args):
         raise
     except OSError as e:
         raise RunError(f"{path}: {e.strerror.lower()}") from None
+    if args.explain:
+        return explain_program(path, cmd[0], env)
     launcher = launcher_path()
     argv = [launcher] + (["--no-fallback"] if args.no_fallback else []) + ["--"] + cmd
     _exec(launcher, argv, env)
+
+
+def explain_program(path, argv0, env):
+    from loader import resolve
+    from loader.localpool import LocalPool
+    from loader.plan import build_plan, explain
+    res = resolve.resolve_program(path, env=env, cwd=os.getcwd())
+    with LocalPool() as pool:
+        blob = build_plan(res, pool, argv0=argv0, bind_now=bool(env.get("LD_BIND_NOW")))
+    print(explain(blob))
+    return 0
 
 
 def _exec(path, argv, env):

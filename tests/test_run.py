@@ -58,6 +58,14 @@ def test_stdin_signals_and_pid_pass_through(env, tmp_path):
     assert got.stdout == b"zero --socket x\n"
 
 
+def test_explain(env):
+    got = ldrun("--explain", "--", "xz", "--version", env=env)
+    assert got.returncode == 0
+    out = got.stdout.decode()
+    assert out.startswith("plan: 2 objects") and "liblzma.so.5" in out and "glibc: libc.so.6" in out
+    assert "total pages: shared=" in out
+
+
 def test_socket_option(env, tmp_path):
     sock = tmp_path / "other.sock"
     got = ldrun("--socket", str(sock), "--", "xz", "--version", env=env)
