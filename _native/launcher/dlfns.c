@@ -26,6 +26,7 @@ void ldp_set_error(const char *fmt, ...)
     free(e->dlerr);
     e->dlerr = strdup(buf);
     e->pending = 1;
+    if (ldp_debug) ldp_note("debug: dlerror: %s", buf);
     (void)dlerror();   /* ld.so's older message is superseded */
 }
 
@@ -115,11 +116,12 @@ static void *open_plan(struct ldp_plan *p, int mode)
             return NULL;
         }
     ldp_objects_add(p);
-    if (ldp_map_plan(p, ldp_pool_fd, err, sizeof err) < 0 || ldp_resolve_imports(p, 1, err, sizeof err) < 0 ||
-        ldp_apply_fixups(p, err, sizeof err) < 0 || ldp_tls_install(p, err, sizeof err) < 0) {
+    int mapped = ldp_map_plan(p, ldp_pool_fd, err, sizeof err) == 0;
+    if (!mapped || ldp_resolve_imports(p, 1, err, sizeof err) < 0 || ldp_apply_fixups(p, err, sizeof err) < 0 ||
+        ldp_tls_install(p, err, sizeof err) < 0) {
         ldp_set_error("%s", err);
         for (uint32_t i = 0; i < p->h->nobj; i++) {
-            ldp_unmap(ldp_objs[p->first_index + i]);
+            if (mapped) ldp_unmap(ldp_objs[p->first_index + i]);
             ldp_objs[p->first_index + i]->state = LDP_ST_GONE;
         }
         return NULL;
@@ -250,10 +252,8 @@ int ldp_dlinfo(void *h, int req, void *arg)
         ((char *)arg)[n] = 0;
         return 0;
     }
-    case RTLD_DI_TLS_MODID: *(size_t *)arg = r->o->tls_tpoff ? r->o->tls_modid : 0; return 0;
-    case RTLD_DI_TLS_DATA:
-        *(void **)arg = r->o->tls_tpoff ? (void *)(ldp_tls_tp() + r->o->tls_tpoff) : NULL;
-        return 0;
+    case RTLD_DI_TLS_MODID: *(size_t *)arg = (r->o->tls_tpoff || r->o->tls_memsz) ? r->o->tls_modid : 0; return 0;
+    case RTLD_DI_TLS_DATA: *(void **)arg = ldp_tls_block(r); return 0;
     default:
         ldp_set_error("dlinfo: request %d is not supported for pooled objects", req);
         return -1;

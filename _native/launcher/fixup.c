@@ -187,8 +187,16 @@ static int apply_one(struct ldp_plan *p, uint32_t k, struct copy_move **mv, size
         break;
     case LDP_FIX_IRELATIVE: break;   /* second pass */
     case LDP_FIX_DTPMOD: *(uint64_t *)f->addr = ldp_objs[f->sym]->o->tls_modid; break;
-    case LDP_FIX_TPOFF: *(uint64_t *)f->addr = tls_tpoff_of(f->sym) + f->addend; break;
-    case LDP_FIX_TLSDESC:
+    case LDP_FIX_TPOFF: case LDP_FIX_TLSDESC:
+        if (!tls_tpoff_of(f->sym)) {
+            snprintf(err, errlen, "%s: static TLS access to %s, which has dynamic TLS only",
+                     ldp_str(p, owner(p, k)->path), ldp_objs[f->sym]->path);
+            return -1;
+        }
+        if (f->type == LDP_FIX_TPOFF) {
+            *(uint64_t *)f->addr = tls_tpoff_of(f->sym) + f->addend;
+            break;
+        }
         ((uint64_t *)f->addr)[0] = (uint64_t)ldp_tlsdesc_static;
         ((uint64_t *)f->addr)[1] = tls_tpoff_of(f->sym) + f->addend;
         break;

@@ -18,9 +18,9 @@ static void fill(struct dl_phdr_info *i, struct ldp_rt *r, struct it *c)
     i->dlpi_phnum = r->o->phnum;
     i->dlpi_adds = c->adds + ldp_adds;
     i->dlpi_subs = c->subs + ldp_subs;
-    if (r->o->tls_tpoff) {
+    if (r->o->tls_tpoff || r->o->tls_memsz) {
         i->dlpi_tls_modid = r->o->tls_modid;
-        i->dlpi_tls_data = (void *)(ldp_tls_tp() + r->o->tls_tpoff);
+        i->dlpi_tls_data = ldp_tls_block(r);
     }
 }
 

@@ -84,6 +84,7 @@ void ldp_tls_setup(void);
 int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen);
 uint64_t ldp_tls_tp(void);
 void *ldp_tls_get_addr(void *ti);
+void *ldp_tls_block(struct ldp_rt *r);      /* this thread's TLS block of r, or NULL */
 void ldp_tlsdesc_static(void);      /* tlsdesc.S */
 void *ldp_tls_errslot(void);         /* per-thread launcher state (dlerror) */
 

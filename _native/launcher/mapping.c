@@ -13,6 +13,12 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
+static void unmap_first(struct ldp_plan *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) munmap((void *)p->obj[i].map_start, p->obj[i].map_end - p->obj[i].map_start);
+}
+
+/* On failure nothing of the plan stays mapped (and nothing else is touched). */
 int ldp_map_plan(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
 {
     for (uint32_t i = 0; i < p->h->nobj; i++) {
@@ -25,6 +31,7 @@ int ldp_map_plan(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
             if (m != MAP_FAILED) munmap(m, len);
             snprintf(err, errlen, "%s: cannot reserve %#lx-%#lx: %s", ldp_str(p, o->path),
                      o->map_start, o->map_end, m == MAP_FAILED ? strerror(e) : "address taken");
+            unmap_first(p, i);
             return -1;
         }
         for (uint32_t k = o->seg_first; k < o->seg_first + o->seg_count; k++) {
@@ -41,6 +48,7 @@ int ldp_map_plan(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
             if (r == MAP_FAILED) {
                 snprintf(err, errlen, "%s: cannot map segment at %#lx: %s", ldp_str(p, o->path), s->addr,
                          strerror(errno));
+                unmap_first(p, i + 1);
                 return -1;
             }
         }

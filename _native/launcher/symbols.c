@@ -90,7 +90,10 @@ const Elf64_Sym *ldp_lookup_in(struct ldp_rt *r, const char *name, const char *v
 void *ldp_sym_value(struct ldp_rt *r, const Elf64_Sym *s)
 {
     int t = ELF64_ST_TYPE(s->st_info);
-    if (t == STT_TLS) return (void *)(ldp_tls_tp() + r->o->tls_tpoff + s->st_value);
+    if (t == STT_TLS) {
+        unsigned char *b = ldp_tls_block(r);
+        return b ? b + s->st_value : NULL;
+    }
     uint64_t a = (s->st_shndx == SHN_ABS ? 0 : r->o->l_addr) + s->st_value;
     if (t == STT_GNU_IFUNC) return ((void *(*)(void))a)();
     return (void *)a;

@@ -4,9 +4,11 @@
  * and the plan carves pooled libraries' static blocks below it (negative
  * tls_tpoff).  Writing the TLS init images into the reserve's init image
  * makes glibc copy them into every new thread.  The bottom of the reserve
- * holds the launcher's own per-thread state. */
+ * holds the launcher's own per-thread state.  Objects loaded by dlopen get
+ * dynamic TLS (tls_tpoff 0): a block per thread, allocated on first use. */
 #include "ldp.h"
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
@@ -19,6 +21,8 @@ struct tstate {
     uint64_t marker;             /* the non-zero first byte */
     char *dlerr;
     int dlerr_pending;
+    void **dyn;                  /* per global object index: this thread's dynamic TLS block */
+    uint32_t ndyn;
     uint8_t gen[MAXGEN];         /* per global object index: TLS generation this thread has */
 };
 
@@ -79,8 +83,16 @@ int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen)
 {
     for (uint32_t i = 0; i < p->h->nobj; i++) {
         const struct ldp_obj *o = &p->obj[i];
-        if (!o->tls_tpoff) continue;
         uint32_t g = p->first_index + i;
+        if (!o->tls_tpoff) {
+            if (!o->tls_memsz) continue;
+            if (g >= MAXGEN) {
+                snprintf(err, errlen, "%s: too many objects for dynamic TLS", ldp_str(p, o->path));
+                return -1;
+            }
+            cur_gen[g] = (uint8_t)(cur_gen[g] + 1) ? (uint8_t)(cur_gen[g] + 1) : 1;
+            continue;
+        }
         uint64_t off = RESERVE + o->tls_tpoff;
         if (off < STATE) {
             snprintf(err, errlen, "%s: TLS block overlaps the launcher's state", ldp_str(p, o->path));
@@ -102,28 +114,63 @@ int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen)
 
 typedef struct { uint64_t module, offset; } tls_index;
 
+static void fill_block(unsigned char *blk, const struct ldp_obj *o)
+{
+    memcpy(blk, (void *)o->tls_image, o->tls_filesz);
+    memset(blk + o->tls_filesz, 0, o->tls_memsz - o->tls_filesz);
+}
+
+/* This thread's block of r: static (inside the reserve) or dynamic. */
+void *ldp_tls_block(struct ldp_rt *r)
+{
+    struct tstate *t = &ldp_reserve.st;
+    const struct ldp_obj *o = r->o;
+    uint32_t g = r->index;
+    if (o->tls_tpoff) {
+        unsigned char *blk = (unsigned char *)(ldp_tls_tp() + o->tls_tpoff);
+        if (g < MAXGEN && t->gen[g] != cur_gen[g]) {
+            /* a thread older than a dlopen (or a reopen): fresh copy now */
+            fill_block(blk, o);
+            t->gen[g] = cur_gen[g];
+        }
+        return blk;
+    }
+    if (!o->tls_memsz || g >= MAXGEN) return NULL;
+    if (g >= t->ndyn) {
+        uint32_t n = (ldp_nobj > g ? ldp_nobj : g + 1) + 8;
+        void **d = realloc(t->dyn, sizeof *d * n);
+        if (!d) return NULL;
+        memset(d + t->ndyn, 0, sizeof *d * (n - t->ndyn));
+        t->dyn = d, t->ndyn = n;
+    }
+    if (!t->dyn[g] || t->gen[g] != cur_gen[g]) {
+        uint64_t align = o->tls_align < 16 ? 16 : o->tls_align;
+        if (!t->dyn[g]) t->dyn[g] = aligned_alloc(align, (o->tls_memsz + align - 1) / align * align);
+        if (!t->dyn[g]) return NULL;
+        fill_block(t->dyn[g], o);
+        t->gen[g] = cur_gen[g];
+    }
+    return t->dyn[g];
+}
+
 void *ldp_tls_get_addr(void *arg)
 {
     tls_index *ti = arg;
     static uint32_t last = LDP_NONE;
     struct ldp_rt *r = NULL;
     if (last < ldp_nobj && ldp_objs[last] && ldp_objs[last]->o->tls_modid == ti->module &&
-        ldp_objs[last]->o->tls_tpoff)
+        ldp_objs[last]->state != LDP_ST_GONE)
         r = ldp_objs[last];
     else
         for (uint32_t i = 0; i < ldp_nobj; i++)
-            if (ldp_objs[i] && ldp_objs[i]->o->tls_tpoff && ldp_objs[i]->o->tls_modid == ti->module &&
-                ldp_objs[i]->state != LDP_ST_GONE) {
+            if (ldp_objs[i] && (ldp_objs[i]->o->tls_tpoff || ldp_objs[i]->o->tls_memsz) &&
+                ldp_objs[i]->o->tls_modid == ti->module && ldp_objs[i]->state != LDP_ST_GONE) {
                 r = ldp_objs[i];
                 last = i;
                 break;
             }
     if (!r) return real_tls_get_addr(arg);
-    unsigned char *blk = (unsigned char *)(ldp_tls_tp() + r->o->tls_tpoff);
-    if (r->index < MAXGEN && ldp_reserve.st.gen[r->index] != cur_gen[r->index]) {
-        memcpy(blk, (void *)r->o->tls_image, r->o->tls_filesz);
-        memset(blk + r->o->tls_filesz, 0, r->o->tls_memsz - r->o->tls_filesz);
-        ldp_reserve.st.gen[r->index] = cur_gen[r->index];
-    }
+    unsigned char *blk = ldp_tls_block(r);
+    if (!blk) ldp_die(127, "%s: cannot allocate its thread-local storage", r->path);
     return blk + ti->offset;
 }
