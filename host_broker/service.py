@@ -1,24 +1,20 @@
 """`ldpool broker`: the asyncio Unix-socket service that owns the pool.
 
-One task per connection reassembles frames from the byte stream
-(loader.protocol.FrameDecoder) and answers them in order. A connection is a
-client; its leases die with it, however it ends. Cache hits are answered on
+Each connection (host_broker.connection) is a client; its leases die with
+it, however it ends. Cache hits are answered on
 the event loop; building images and plans runs in a worker thread under one
 lock, so slow builds do not stall pings, releases and cached acquires."""
-import array
 import asyncio
-import collections
-import fcntl
-import grp
 import json
 import os
 import signal
 import socket
 import struct
-import sys
 import time
 
 from host_broker.acquire import Acquirer, set_lease
+from host_broker.connection import Connection
+from host_broker.daemon import detach, gid_of, lock, prepare_dir, stderr_log
 from host_broker.pool import DEFAULT_SIZE, parse_size
 from host_broker.state import BrokerState
 from host_broker.stats import stats_for
@@ -55,7 +51,7 @@ class Broker:
     def __init__(self, socket_path, pool_name, pool_size, linger, group=None, idle_exit=0,
                  log=None):
         self.socket_path, self.linger, self.group, self.idle_exit = socket_path, linger, group, idle_exit
-        self.log = log or _stderr_log
+        self.log = log or stderr_log
         self.pool_name = pool_name or P.default_pool_name(socket_path)
         journal = os.path.join(os.path.dirname(socket_path), self.pool_name.strip("/") + ".journal")
         self.state = BrokerState(self.pool_name, pool_size, journal, linger, log=self.log)
@@ -81,7 +77,7 @@ class Broker:
         finally:
             os.umask(old)
         if self.group:
-            os.chown(path, -1, _gid(self.group))
+            os.chown(path, -1, gid_of(self.group))
             os.chmod(path, 0o660)
         sock.listen(256)
         sock.setblocking(False)
@@ -122,7 +118,7 @@ class Broker:
             client = Client(self._next_client, pid, uid, gid)
             self._next_client += 1
             self.clients[client.id] = client
-            await loop.connect_accepted_socket(lambda: _Conn(self, conn, client), conn)
+            await loop.connect_accepted_socket(lambda: Connection(self, conn, client), conn)
 
     async def _tick(self):
         while True:
@@ -296,121 +292,6 @@ class Broker:
                  P.PING: _ping, P.RECLAIM: _reclaim}
 
 
-class _Conn(asyncio.Protocol):
-    """One client connection: frames reassembled from the byte stream,
-    answered in order; a slow (building) request holds back the ones
-    pipelined after it."""
-
-    def __init__(self, broker, sock, client):
-        self.broker, self.sock, self.client = broker, sock, client
-        self.decoder = P.FrameDecoder()
-        self.queue = collections.deque()
-        self.busy = False
-        self.closing = False
-
-    def connection_made(self, transport):
-        self.t = transport
-
-    def data_received(self, data):
-        if self.closing:
-            return
-        try:
-            self.queue.extend(self.decoder.feed(data))
-        except P.ProtocolError as e:
-            self.t.write(P.frame(P.ERROR, str(e).encode()))
-            self.closing = True
-            self.t.close()
-            return
-        self._run()
-
-    def _run(self):
-        while self.queue and not self.busy and not self.closing:
-            op, payload = self.queue.popleft()
-            out = self.broker._dispatch(self.client, op, payload)
-            if isinstance(out, tuple):
-                self._send(op, *out)
-            else:
-                self.busy = True
-                self.t.pause_reading()
-                asyncio.ensure_future(out).add_done_callback(lambda f, op=op: self._done(op, f))
-
-    def _done(self, op, fut):
-        self.busy = False
-        if self.closing or fut.cancelled():
-            return
-        self._send(op, *fut.result())
-        self.t.resume_reading()
-        self._run()
-
-    def _send(self, op, reply, fd):
-        if fd is not None and not self.t.get_write_buffer_size():
-            # the pool descriptor rides on the first byte of the reply
-            try:
-                n = self.sock.sendmsg([reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                 array.array("i", [fd]))])
-            except OSError:
-                n = 0
-            reply = reply[n:]
-        if reply:
-            self.t.write(reply)
-        if op not in P.REQUEST_OPS:          # framing error: answered, then closed
-            self.closing = True
-            self.t.close()
-
-    def connection_lost(self, exc):
-        self.closing = True
-        self.broker._gone(self.client)
-
-
-def _gid(group):
-    try:
-        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise BrokerError(f"unknown group '{group}'") from None
-
-
-def _stderr_log(msg):
-    print(time.strftime("%H:%M:%S ") + f"ldpool broker[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
-
-
-# --- starting -------------------------------------------------------------------
-def prepare_dir(socket_path, group=None):
-    d = os.path.dirname(os.path.abspath(socket_path))
-    if not os.path.isdir(d):
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        if group:
-            os.chown(d, -1, _gid(group))
-            os.chmod(d, 0o710)
-    st = os.stat(d)
-    # a directory someone else controls could swap the socket or the journal
-    if st.st_uid not in (os.getuid(), 0) or (st.st_mode & 0o002 and not st.st_mode & 0o1000):
-        raise BrokerError(f"{d}: owned by another user or writable by anyone; "
-                          "refusing to put the broker socket there")
-
-
-def lock(socket_path):
-    """Hold <socket>.lock for the broker's life: one broker per socket."""
-    fd = os.open(socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def answering(socket_path, timeout=1.0):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(socket_path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 def run(args):
     socket_path = os.path.abspath(args.socket or P.default_socket_path())
     pool_size = parse_size(args.pool_size)
@@ -418,79 +299,12 @@ def run(args):
         raise BrokerError("--linger must be >= 0")
     prepare_dir(socket_path, args.group)
     if args.detach:
-        return _detach(args, socket_path, pool_size)
-    lockfd = lock(socket_path)
+        return detach(args, socket_path, pool_size, lambda: Broker(
+            socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit))
+    lockfd = lock(socket_path)          # held until the process exits
     if lockfd is None:
         raise BrokerError(f"another broker is already serving {socket_path}")
     broker = Broker(socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit)
     broker.bind()
     asyncio.run(broker.serve())
     return 0
-
-
-def _detach(args, socket_path, pool_size):
-    """Fork the broker into its own session; the foreground process returns
-    when the socket accepts connections (or reports why it could not)."""
-    if answering(socket_path):
-        return 0
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        code = 1
-        try:
-            os.setsid()
-            os.chdir("/")
-            logfd = os.open(os.path.join(os.path.dirname(socket_path), "broker.log"),
-                            os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(logfd, 1)
-            os.dup2(logfd, 2)
-            os.close(null)
-            os.close(logfd)
-            lockfd = lock(socket_path)
-            if lockfd is None:
-                os.write(w, b"busy\n")
-                os._exit(0)
-            broker = Broker(socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit)
-            broker.bind()
-
-            def ready():
-                os.write(w, b"ok\n")
-                os.close(w)
-            asyncio.run(broker.serve(ready))
-            code = 0
-        except LdpoolError as e:
-            _stderr_log(str(e))
-            try:
-                os.write(w, str(e).encode() + b"\n")
-            except OSError:
-                pass
-        except BaseException as e:
-            _stderr_log(f"fatal: {type(e).__name__}: {e}")
-            try:
-                os.write(w, f"broker failed: {e}\n".encode())
-            except OSError:
-                pass
-        finally:
-            os._exit(code)
-    os.close(w)
-    msg = b""
-    while True:
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        msg += chunk
-    os.close(r)
-    if msg.startswith(b"ok"):
-        return 0
-    if msg.startswith(b"busy"):
-        # another broker is starting: wait for it to answer
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if answering(socket_path):
-                return 0
-            time.sleep(0.05)
-        raise BrokerError(f"another broker holds {socket_path}.lock but does not answer")
-    raise BrokerError(msg.decode(errors="replace").strip() or "the broker exited during start-up")

@@ -1,0 +1,128 @@
+"""Starting the broker: its socket directory, the one-broker-per-socket
+lock, and `--detach` (the embedded broker: bind, fork into a new session,
+return once the socket accepts connections)."""
+import asyncio
+import fcntl
+import grp
+import os
+import socket
+import sys
+import time
+
+from loader.errors import BrokerError, LdpoolError
+
+
+def gid_of(group):
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise BrokerError(f"unknown group '{group}'") from None
+
+
+def stderr_log(msg):
+    print(time.strftime("%H:%M:%S ") + f"ldpool broker[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def prepare_dir(socket_path, group=None):
+    d = os.path.dirname(os.path.abspath(socket_path))
+    if not os.path.isdir(d):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        if group:
+            os.chown(d, -1, gid_of(group))
+            os.chmod(d, 0o710)
+    st = os.stat(d)
+    # a directory someone else controls could swap the socket or the journal
+    if st.st_uid not in (os.getuid(), 0) or (st.st_mode & 0o002 and not st.st_mode & 0o1000):
+        raise BrokerError(f"{d}: owned by another user or writable by anyone; "
+                          "refusing to put the broker socket there")
+
+
+def lock(socket_path):
+    """Hold <socket>.lock for the broker's life: one broker per socket."""
+    fd = os.open(socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def answering(socket_path, timeout=1.0):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(socket_path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def detach(args, socket_path, pool_size, make_broker):
+    """Fork the broker into its own session; the foreground process returns
+    when the socket accepts connections (or reports why it could not)."""
+    if answering(socket_path):
+        return 0
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 1
+        try:
+            os.setsid()
+            os.chdir("/")
+            logfd = os.open(os.path.join(os.path.dirname(socket_path), "broker.log"),
+                            os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            os.close(null)
+            os.close(logfd)
+            lockfd = lock(socket_path)
+            if lockfd is None:
+                os.write(w, b"busy\n")
+                os._exit(0)
+            broker = make_broker()
+            broker.bind()
+
+            def ready():
+                os.write(w, b"ok\n")
+                os.close(w)
+            asyncio.run(broker.serve(ready))
+            code = 0
+        except LdpoolError as e:
+            stderr_log(str(e))
+            try:
+                os.write(w, str(e).encode() + b"\n")
+            except OSError:
+                pass
+        except BaseException as e:
+            stderr_log(f"fatal: {type(e).__name__}: {e}")
+            try:
+                os.write(w, f"broker failed: {e}\n".encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        msg += chunk
+    os.close(r)
+    if msg.startswith(b"ok"):
+        return 0
+    if msg.startswith(b"busy"):
+        # another broker is starting: wait for it to answer
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if answering(socket_path):
+                return 0
+            time.sleep(0.05)
+        raise BrokerError(f"another broker holds {socket_path}.lock but does not answer")
+    raise BrokerError(msg.decode(errors="replace").strip() or "the broker exited during start-up")
