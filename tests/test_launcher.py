@@ -211,3 +211,56 @@ def test_vim_ex_mode(env, tmp_path):
 def test_jq(env):
     need("jq")
     same(["jq", "-c", "{x: (.a + 1), k: (keys)}"], env, input=b'{"a": 41, "b": [1,2]}')
+
+
+def test_dlopen_tls_and_threads(env, tmp_path):
+    """A library with TLS dlopen'ed while another thread already runs: both
+    threads see fresh copies of its TLS init image; dlclose and reopen reset
+    its state; dlsym/dladdr/dlerror know it."""
+    (tmp_path / "plug.c").write_text(textwrap.dedent("""
+        __thread int tv = 7; __thread char tbuf[64] = "init";
+        static int state = 100;
+        int *tv_addr(void) { return &tv; }
+        int bump(int x) { tv += x; state += x; return tv * 1000 + state; }
+    """))
+    (tmp_path / "main.c").write_text(textwrap.dedent("""
+        #define _GNU_SOURCE
+        #include <dlfcn.h>
+        #include <pthread.h>
+        #include <stdio.h>
+        #include <string.h>
+        static pthread_barrier_t b1, b2;
+        static int (*bump)(int);
+        static void *thr(void *a) {
+            pthread_barrier_wait(&b1);            /* wait for the dlopen */
+            printf("thread: %d\\n", bump(1));
+            printf("thread: %d\\n", bump(1));
+            pthread_barrier_wait(&b2);
+            return 0;
+        }
+        int main(int argc, char **argv) {
+            pthread_t t;
+            pthread_barrier_init(&b1, 0, 2); pthread_barrier_init(&b2, 0, 2);
+            pthread_create(&t, 0, thr, 0);
+            for (int round = 0; round < 2; round++) {
+                void *h = dlopen(argv[1], RTLD_NOW);
+                if (!h) { printf("dlopen: %s\\n", dlerror()); return 1; }
+                bump = (int (*)(int))dlsym(h, "bump");
+                printf("main: %d\\n", bump(10));
+                if (round == 0) { pthread_barrier_wait(&b1); pthread_barrier_wait(&b2); pthread_join(t, 0); }
+                Dl_info di;
+                printf("dladdr: %d %s\\n", dladdr((void *)bump, &di), di.dli_sname);
+                void *miss = dlsym(h, "no_such");
+                const char *e = dlerror();
+                printf("missing: %p %s\\n", miss, e && strstr(e, "no_such") ? "named" : "?");
+                printf("dlclose: %d\\n", dlclose(h));
+            }
+            return 0;
+        }
+    """))
+    subprocess.run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(tmp_path / "libplug.so"), str(tmp_path / "plug.c")],
+                   check=True)
+    subprocess.run(["gcc", "-O2", "-o", str(tmp_path / "main"), str(tmp_path / "main.c"), "-ldl", "-lpthread"],
+                   check=True)
+    r = same([str(tmp_path / "main"), str(tmp_path / "libplug.so")], env)
+    assert r.stdout.count(b"main: 17110") == 2 and b"thread: 8111" in r.stdout
