@@ -264,3 +264,26 @@ def test_dlopen_tls_and_threads(env, tmp_path):
                    check=True)
     r = same([str(tmp_path / "main"), str(tmp_path / "libplug.so")], env)
     assert r.stdout.count(b"main: 17110") == 2 and b"thread: 8111" in r.stdout
+
+
+def test_ld_preload(env, tmp_path):
+    """LD_PRELOAD follows glibc: the preload comes first in the program's
+    scope, its constructor runs once, the variable stays set for children,
+    a missing preload is a warning, not an error."""
+    (tmp_path / "pre.c").write_text('#include <stdio.h>\n'
+                                    '__attribute__((constructor)) static void c(void) { puts("preload ctor"); }\n'
+                                    'int who(void) { return 99; }\n')
+    (tmp_path / "lib.c").write_text("int who(void) { return 1; }\n")
+    (tmp_path / "main.c").write_text('#include <stdio.h>\n#include <stdlib.h>\nint who(void);\n'
+                                     'int main(void) { printf("who=%d LD_PRELOAD %s\\n", who(), '
+                                     'getenv("LD_PRELOAD") ? "set" : "unset"); return 0; }\n')
+    cc = lambda *a: subprocess.run(["gcc", "-O2", *a], check=True, cwd=tmp_path)
+    cc("-fPIC", "-shared", "-o", "libpre.so", "pre.c")
+    cc("-fPIC", "-shared", "-o", "libwho.so", "lib.c")
+    cc("-o", "main", "main.c", "-L.", "-lwho", "-Wl,-rpath,$ORIGIN")
+    e = dict(env, LD_PRELOAD=str(tmp_path / "libpre.so"))
+    r = same([str(tmp_path / "main")], e)
+    assert r.stdout == b"preload ctor\nwho=99 LD_PRELOAD set\n"
+    e = dict(env, LD_PRELOAD=str(tmp_path / "missing.so"))
+    r = same([str(tmp_path / "main")], e, stderr_too=True)
+    assert b"cannot be preloaded" in r.stderr

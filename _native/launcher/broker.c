@@ -263,6 +263,13 @@ void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *le
     put(&b, "cwd", getcwd(cwd, sizeof cwd) ? cwd : "/");
     for (char **e = environ; *e; e++)
         if (strncmp(*e, "LD_", 3) == 0) put(&b, "env", *e);
+    const char *pre = getenv("LDPOOL_PRELOAD");
+    if (pre) {
+        char *v = malloc(strlen(pre) + 12);
+        strcat(strcpy(v, "LD_PRELOAD="), pre);
+        put(&b, "env", v);
+        free(v);
+    }
     if (send_hello(err, errlen) < 0 || send_req(OP_ACQ_PROGRAM, &b, err, errlen) < 0 || recv_hello(err, errlen) < 0) {
         free(b.p);
         return NULL;

@@ -178,6 +178,16 @@ int main(int argc, char **argv, char **envp)
         else usage();
     }
     if (i >= argc || (!planfile != !poolfile)) usage();
+    /* ld.so has already loaded LD_PRELOAD into the launcher; the program
+     * must get them from the pool instead (once, in its own scope): start
+     * again without them, remembering them for the plan and the program */
+    const char *pre = getenv("LD_PRELOAD");
+    if (pre && *pre) {
+        setenv("LDPOOL_PRELOAD", pre, 1);
+        unsetenv("LD_PRELOAD");
+        execv("/proc/self/exe", argv);
+        ldp_die(127, "cannot re-run the launcher: %s", strerror(errno));
+    }
     ldp_debug = getenv("LDPOOL_DEBUG") != NULL;
     timing = getenv("LDPOOL_TIMING") != NULL;
     lap(-1);
@@ -247,5 +257,10 @@ int main(int argc, char **argv, char **envp)
     ldp_run_inits(p, ldp_argc, ldp_argv, environ);
     lap(8);
     report_timing();
+    const char *moved = getenv("LDPOOL_PRELOAD");
+    if (moved) {
+        setenv("LD_PRELOAD", moved, 1);
+        unsetenv("LDPOOL_PRELOAD");
+    }
     ldp_start(ldp_argc, ldp_argv, envp, path);
 }
