@@ -54,7 +54,8 @@ def as_json(path, res, placements=None):
              "index": o.index if o else None, "address": _addr(placements, o)}
             for n, o in res.listing],
         "missing": [{"name": n, "requested_by": r.path} for n, r in res.missing],
-        "warnings": res.warnings,
+        "warnings": res.warnings + [f"{path}: {m}" for _, m in res.version_problems],
+        "version_errors": res.version_errors,
     }
 
 
@@ -86,7 +87,9 @@ def run(args):
             continue
         for w in res.warnings:
             print(w, file=sys.stderr)
-        if res.missing:
+        for _, msg in res.version_problems:
+            print(f"{path}: {msg}", file=sys.stderr)
+        if res.missing or res.version_errors:
             status = 1
         if args.json:
             out.append(as_json(path, res))

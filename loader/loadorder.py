@@ -9,6 +9,7 @@ from loader.elf import DT, DF_1_PIE, ET_DYN, PT_DYNAMIC, ElfFile
 
 DT_NEEDED, DT_AUXILIARY, DT_FILTER = DT["NEEDED"], 0x7FFFFFFD, 0x7FFFFFFF
 from loader.errors import ElfError, ResolveError
+from loader.versioncheck import check_versions
 from loader.resolve import (DF_1_NODEFLIB, DF_1_NOOPEN, RTLD_PATH, LoadedObject, Missing, Resolution,
                             is_glibc_soname)
 
@@ -336,8 +337,16 @@ class Loader:
             prev = objects[objects.index(self.rtld) - 1]
             shown.insert(0 if prev is self.main else shown.index(prev) + 1, self.rtld)
         listing = [(o.name, o) if isinstance(o, LoadedObject) else (o[0], None) for o in shown]
-        self.resolution = Resolution(main=self.main or objects[0], objects=objects, missing=missing, interp=interp,
-                                     listing=listing, warnings=self.warnings, state=self)
+        main = self.main or objects[0]
+        chain = ([self.main] if self.main is not None else []) + [o for _, o in listing if o is not None]
+        problems = check_versions(chain, main.path)
+        if not self.trace:
+            fatal = [m for f, m in problems if f]
+            if fatal:
+                raise ResolveError(fatal[0])
+        self.resolution = Resolution(main=main, objects=objects, missing=missing, interp=interp,
+                                     listing=listing, warnings=self.warnings, state=self,
+                                     version_problems=problems)
         return self.resolution
 
     # ------------------------------------------------------------ dlopen

@@ -96,6 +96,12 @@ class Resolution:
     listing: list = field(default_factory=list)  # ld.so --list order: (name, LoadedObject or None); no vdso
     warnings: list = field(default_factory=list)  # ld.so's non-fatal messages (bad LD_PRELOAD entries)
     state: object = None                   # the loadorder.Loader, for resolve_dlopen
+    version_problems: list = field(default_factory=list)  # [(fatal, message)] of ld.so's symbol version check
+
+    @property
+    def version_errors(self):
+        """Versions ld.so would refuse to start without ("FILE: version `V' not found (required by X)")."""
+        return [m for fatal, m in self.version_problems if fatal]
 
     @property
     def vdso_position(self):

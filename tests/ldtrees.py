@@ -208,4 +208,21 @@ def build_tree(root):
     S["filter_moves_later_filtee"] = (t.exe("bin/filt2", needs=[filt2, fee2], rpath="$ORIGIN/../filt"), {}, None)
     filt3 = t.lib("filt/libfilt3.so", extra=["-Wl,--filter=libfiltermissing.so"])
     S["filter_missing"] = (t.exe("bin/filt3", needs=[filt3], rpath="$ORIGIN/../filt"), {}, None)
+    # symbol versions: one the provider lacks (fatal at start), a provider without any
+    vcode = "int x_{0}(void) {{ return 1; }}\n"
+    stubs = []
+    for name, script in (("libver.so", "VERS_1 { global: *; };"), ("libnover.so", "VERS_1 { global: *; };")):
+        with open(t.p(f"src/{name}.map"), "w") as f:
+            f.write(script + "\n")
+        stubs.append(t._gcc(t.p(f"build/{name}"), vcode.format(name[3:-3]),
+                            ["-shared", "-fPIC", f"-Wl,-soname,{name}", f"-Wl,--version-script={t.p(f'src/{name}.map')}"]))
+    with open(t.p("src/v2.map"), "w") as f:
+        f.write("VERS_2 { global: *; };\n")
+    t._gcc(t.p("ver/libver.so"), vcode.format("ver"), ["-shared", "-fPIC", "-Wl,-soname,libver.so",
+                                                        f"-Wl,--version-script={t.p('src/v2.map')}"])
+    t._gcc(t.p("ver/libnover.so"), vcode.format("nover"), ["-shared", "-fPIC", "-Wl,-soname,libnover.so"])
+    S["symbol_versions"] = (t._gcc(t.p("bin/ver"), "int x_ver(void); int x_nover(void);\n"
+                                   "int main(void) { return x_ver() + x_nover(); }\n",
+                                   ["-Wl,--no-as-needed", *stubs, "-Wl,--disable-new-dtags", "-Wl,-rpath,$ORIGIN/../ver"]),
+                            {}, None)
     return t, S

@@ -30,7 +30,7 @@ SCENARIOS = ["rpath_chain", "runpath_own", "runpath_stops_chain", "rpath_continu
              "llp_empty_is_cwd", "llp_relative", "llp_semicolon_origin", "preload", "nodeflib",
              "nodeflib_llp", "circular", "library_as_main", "symlinked_program", "relative_program_path",
              "filters", "filter_moves_later_filtee", "filter_missing", "hwcaps_tuned_down", "hwcaps_no_v2",
-             "hwcap_mask_zero"]
+             "hwcap_mask_zero", "symbol_versions"]
 
 
 def ours(prog, env, cwd, kernel):
@@ -54,6 +54,9 @@ def test_tree_matches_ld_so(tree, scenario, kernel):
         return
     assert problem is None, (problem, want)
     assert got == want
+    # ld.so's messages besides the listing: bad LD_PRELOAD entries, symbol versions
+    want_err = [ln for ln in err.splitlines() if ln.startswith("ERROR: ld.so") or "version" in ln]
+    assert res.warnings + [f"{prog}: {m}" for _, m in res.version_problems] == want_err
 
 
 def test_scenarios_exercise_what_they_claim(tree):
@@ -281,3 +284,16 @@ def test_secure_program_matches_ld_so(setuid_tree, prog, env):
     libv = [o for o in res.objects if o.name == "libv.so"][0]
     assert r.stdout.strip() == {"a": "1", "b": "2"}[os.path.basename(os.path.dirname(libv.path))]
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("ERROR: ld.so")] == res.warnings
+
+
+def test_symbol_version_errors_stop_a_real_start(tree):
+    _, S = tree
+    prog = S["symbol_versions"][0]
+    r = subprocess.run([prog], capture_output=True, text=True, env=BASE_ENV)
+    assert r.returncode == 1
+    with pytest.raises(ResolveError) as ei:
+        resolve_program(prog, env=BASE_ENV, trace=False)
+    assert f"{prog}: {ei.value}" in r.stderr.splitlines()
+    res = resolve_program(prog, env=BASE_ENV)
+    assert len(res.version_errors) == 1 and "VERS_1" in res.version_errors[0]
+    assert any("no version information available" in m for f, m in res.version_problems if not f)
