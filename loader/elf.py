@@ -92,9 +92,13 @@ class ElfFile(ElfTables):
             os.close(fd)
         self.buf = memoryview(self.mm)
         self._cache = {}
-        self._parse_header()
-        self._parse_segments()
-        self._parse_dynamic()
+        try:
+            self._parse_header()
+            self._parse_segments()
+            self._parse_dynamic()
+        except ElfError:
+            self.close()
+            raise
 
     # ------------------------------------------------------------- checked reads
     def _unpack(self, st, off, what):
@@ -255,17 +259,18 @@ class ElfFile(ElfTables):
         return DEFAULT_STACK_FLAGS if s is None else s.flags
 
     def notes(self):
-        """Every note of every PT_NOTE segment, as Note(name bytes, type, desc view)."""
+        """Every note of every PT_NOTE segment, as Note(name bytes, type, desc
+        view). Like ld.so, a malformed note ends its segment's list instead of
+        failing the file: notes never stop an object from loading."""
         return self._cached("notes", self._notes)
 
     def _notes(self):
         out = []
         for s in self.segments:
-            if s.type != PT_NOTE:
+            if s.type != PT_NOTE or s.offset + s.filesz > self.size:
                 continue
             align = 8 if s.align == 8 else 4
             off, end = s.offset, s.offset + s.filesz
-            self._view(off, s.filesz, "PT_NOTE")
             while off + NHDR.size <= end:
                 namesz, descsz, ntype = NHDR.unpack_from(self.buf, off)
                 # as glibc's ELF_NOTE_DESC_OFFSET: offsets are aligned from the note's start
@@ -273,7 +278,7 @@ class ElfFile(ElfTables):
                 desc_off = off + ((NHDR.size + namesz + align - 1) & -align)
                 nxt = off + ((desc_off - off + descsz + align - 1) & -align)
                 if desc_off + descsz > end:
-                    raise ElfError(self.path, "bad ELF note (runs past its PT_NOTE segment)")
+                    break
                 name = bytes(self.buf[name_off:name_off + namesz]).rstrip(b"\0")
                 out.append(Note(name, ntype, self.buf[desc_off:desc_off + descsz]))
                 off = nxt

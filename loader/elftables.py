@@ -22,7 +22,6 @@ from loader.errors import ElfError
 
 _SYSVHDR = struct.Struct("<II")
 _GNUHDR = struct.Struct("<IIII")
-_U32 = struct.Struct("<I")
 
 # tags whose values are addresses: bounds for the symbol table when nothing
 # else gives its size
