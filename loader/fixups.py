@@ -17,7 +17,7 @@ from loader.errors import ElfError, ResolveError
 from loader.imports import import_name
 from loader.prerelocate import (F_IFUNC, F_WEAKREF, R_32, R_32S, R_64, R_COPY, R_DTPMOD64,
                                 R_DTPOFF64, R_GLOB_DAT, R_IRELATIVE, R_JUMP_SLOT, R_NONE,
-                                R_PC32, R_PC64, R_RELATIVE, R_SIZE32, R_SIZE64, R_TLSDESC,
+                                R_PC32, R_PC64, R_RELATIVE, R_SIZE32, R_TLSDESC,
                                 R_TPOFF64, T_UNDEF, T_WEAK_UNDEF, bind_entries, load,
                                 static_value)
 

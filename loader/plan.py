@@ -26,8 +26,8 @@ from loader import planformat as pf
 from loader.elf import DT, DF_1_NODELETE, DF_STATIC_TLS, PT_DYNAMIC, PT_GNU_EH_FRAME, PT_PHDR, PT_TLS
 from loader.errors import LdpoolError, ResolveError
 from loader.scope import Scope
-from loader.fixups import FixupSet, Imports, object_fixups
-from loader.image import PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, page_down, page_up, relro_range
+from loader.fixups import Imports, object_fixups
+from loader.image import PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, relro_range
 from loader.initorder import init_order
 from loader.segments import object_segments
 
