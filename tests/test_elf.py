@@ -435,3 +435,34 @@ def test_identify(tmp_path, libz):
     assert identify(tmp_path / "missing") is None
     (tmp_path / "t").write_text("hello world, this is text")
     assert identify(tmp_path / "t") is None
+
+
+def test_symbol_count_without_hash_tables(libz):
+    """No hash table: the .dynsym section gives the count; without section
+    headers either, the next table above DT_SYMTAB bounds it."""
+    with ElfFile(libz) as e:
+        n, syms = e.nsyms, [e.symbol(i) for i in range(e.nsyms)]
+        assert DT["HASH"] not in e.dyn and e.section_dynsym_count == n
+    patch(libz, dyn_entry_offset(libz, DT["GNU_HASH"]) - 8, "<q", DT["DEBUG"])
+    with ElfFile(libz) as e:
+        assert e.gnu_hash_table is None and e.nsyms == n
+        assert [e.symbol(i) for i in range(n)] == syms
+    patch(libz, 0x28, "<Q", 0)  # e_shoff
+    with ElfFile(libz) as e:
+        assert e.sections == [] and e.section_dynsym_count is None
+        assert e.nsyms == n
+
+
+def test_relasz_covering_plt_relocations(libz):
+    """glibc counts PLT relocations once when DT_RELASZ also covers them."""
+    with ElfFile(libz) as e:
+        before = e.relocations()
+        cols = [list(c) for c in (before.offset, before.type, before.sym, before.addend)]
+        rela, relasz, jmprel = e.dyn[DT["RELA"]], e.dyn[DT["RELASZ"]], e.dyn[DT["JMPREL"]]
+        assert rela + relasz == jmprel, "libz's .rela.plt no longer follows .rela.dyn"
+        relasz_new = relasz + e.dyn[DT["PLTRELSZ"]]
+    patch(libz, dyn_entry_offset(libz, DT["RELASZ"]), "<Q", relasz_new)
+    with ElfFile(libz) as e:
+        after = e.relocations()
+        assert after.n_rela == before.n_rela
+        assert [list(c) for c in (after.offset, after.type, after.sym, after.addend)] == cols
