@@ -287,3 +287,23 @@ def test_ld_preload(env, tmp_path):
     e = dict(env, LD_PRELOAD=str(tmp_path / "missing.so"))
     r = same([str(tmp_path / "main")], e, stderr_too=True)
     assert b"cannot be preloaded" in r.stderr
+
+
+def test_gdb_sees_pooled_objects(env, tmp_path):
+    """gdb's backtrace of a program run through ldpool-exec names the
+    program's and the pooled libraries' functions."""
+    need("gdb")
+    (tmp_path / "bt.c").write_text(textwrap.dedent("""
+        #include <signal.h>
+        #include <stdio.h>
+        #include <zlib.h>
+        static int cb(void) { raise(SIGTRAP); return 0; }
+        int work(int x) { return x + cb(); }
+        int main(void) { printf("%s\\n", zlibVersion()); return work(1); }
+    """))
+    subprocess.run(["gcc", "-g", "-O0", "-o", "bt", "bt.c", "-lz"], check=True, cwd=tmp_path)
+    r = subprocess.run(["gdb", "-nx", "-batch", "-ex", "run", "-ex", "bt", "-ex", "info sharedlibrary",
+                        "--args", "ldpool-exec", "--no-fallback", str(tmp_path / "bt")],
+                       capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert "in work (x=1) at" in r.stdout and "in main () at" in r.stdout, r.stdout
+    assert "libz.so.1" in r.stdout, r.stdout

@@ -135,6 +135,7 @@ static void *open_plan(struct ldp_plan *p, int mode)
         r->refcount = r == root ? 0 : 1;
     }
     root->refcount = 1;
+    ldp_gdb_sync();
     ldp_run_inits(p, ldp_argc, ldp_argv, environ);
     return root;
 }
@@ -216,6 +217,7 @@ static int dlclose_locked(void *h)
         x->state = LDP_ST_GONE;
         ldp_subs++;
     }
+    ldp_gdb_sync();
     return 0;
 }
 

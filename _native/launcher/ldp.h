@@ -116,8 +116,7 @@ int ldp_dlinfo(void *h, int req, void *arg);
 int ldp_dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *data);
 int ldp_dl_find_object(void *pc, struct dl_find_object *res);
 void ldp_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void ldp_gdb_add(struct ldp_plan *p);
-void ldp_gdb_remove(struct ldp_rt *r);
+void ldp_gdb_sync(void);              /* debugger.c */
 
 /* ---- broker client (broker.c) ---- */
 extern int ldp_broker_fd, ldp_pool_fd;

@@ -253,6 +253,7 @@ int main(int argc, char **argv, char **envp)
     lap(6);
     if (ldp_tls_install(p, err, sizeof err) < 0) ldp_die(127, "%s", err);
     for (uint32_t k = 0; k < p->h->nobj; k++) ldp_objs[k]->refcount = 1;
+    ldp_gdb_sync();
     lap(7);
     ldp_run_inits(p, ldp_argc, ldp_argv, environ);
     lap(8);
