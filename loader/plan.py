@@ -94,6 +94,13 @@ def _placements(objs, source, first_index, planned):
     return entries, placed, gindex
 
 
+def _env_bind_now(resolution):
+    """LD_BIND_NOW of the environment the resolution was made with."""
+    ctx = getattr(getattr(resolution, "state", None), "ctx", None)
+    env = getattr(ctx, "env", None) or {}
+    return bool(env.get("LD_BIND_NOW"))
+
+
 def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, lease=0,
                static_tls_used=0, with_stats=False):
     """The plan of a program: every object of `resolution` (a
@@ -101,6 +108,10 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
     objs = resolution.objects
     if resolution.missing:
         raise _missing_error(resolution)
+    version_errors = getattr(resolution, "version_errors", None)
+    if version_errors:
+        raise ResolveError(version_errors[0])
+    bind_now = bind_now or _env_bind_now(resolution)
     planned = set(range(len(objs)))
     entries, placed, gindex = _placements(objs, source, first_index, planned)
     pooled = [k for k in range(len(objs)) if k in placed]
@@ -122,6 +133,7 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
     is dynamic only (tls_tpoff 0, tls_modid set); objects that need static
     TLS cannot be dlopen'ed through the pool yet."""
     objs = resolution.objects
+    bind_now = bind_now or _env_bind_now(resolution)
     if not new:
         return _assemble(objs, source, None, [], {}, {}, [], {}, (0, 1), [], [], first_index,
                          bind_now, lease, with_stats)
