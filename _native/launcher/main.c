@@ -202,6 +202,7 @@ int main(int argc, char **argv, char **envp)
     if (!S_ISREG(st.st_mode)) ldp_die(126, "%s: not a regular file", path);
     ldp_argc = argc - i;
     ldp_argv = argv + i;
+    const char *execfn = path;   /* as execve would have been given it */
     char interp[4096];
     int kind = classify(path, interp, sizeof interp);
     if (kind == 2) run_script(argv, i, interp, path);
@@ -263,5 +264,5 @@ int main(int argc, char **argv, char **envp)
         setenv("LD_PRELOAD", moved, 1);
         unsetenv("LDPOOL_PRELOAD");
     }
-    ldp_start(ldp_argc, ldp_argv, envp, path);
+    ldp_start(ldp_argc, ldp_argv, envp, execfn);
 }

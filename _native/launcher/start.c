@@ -129,6 +129,8 @@ void ldp_start(int argc, char **argv, char **envp0, const char *execfn)
         else if (t == AT_PHNUM) v = m->o->phnum;
         else if (t == AT_ENTRY) v = m->o->entry;
         else if (t == AT_EXECFN) v = (uint64_t)execfn;
+        /* glibc's getauxval reads the original vector: the program's view too */
+        aux[i].a_un.a_val = v;
         sp[k++] = t;
         sp[k++] = v;
     }
