@@ -208,6 +208,10 @@ def build_tree(root):
     S["filter_moves_later_filtee"] = (t.exe("bin/filt2", needs=[filt2, fee2], rpath="$ORIGIN/../filt"), {}, None)
     filt3 = t.lib("filt/libfilt3.so", extra=["-Wl,--filter=libfiltermissing.so"])
     S["filter_missing"] = (t.exe("bin/filt3", needs=[filt3], rpath="$ORIGIN/../filt"), {}, None)
+    # another spelling of the interpreter; ld.so as the first DT_NEEDED (listed before the vDSO)
+    S["other_interp_name"] = (t.exe("bin/interp", extra=["-Wl,--dynamic-linker=/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]),
+                              {}, None)
+    S["ld_so_needed_first"] = (t.exe("bin/ldso_path", needs=["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]), {}, None)
     # symbol versions: one the provider lacks (fatal at start), a provider without any
     vcode = "int x_{0}(void) {{ return 1; }}\n"
     stubs = []
