@@ -356,3 +356,20 @@ def test_dlopen_plan_init_order_and_indices(pool):
     got = [os.path.realpath(p.string(p.objects[i - n0]["path"])) for i in p.init]
     assert got == [x for x in ran if x in set(got)]
     assert got[-1] == os.path.realpath(ext)
+
+
+def test_missing_version_is_an_error(tmp_path, pool):
+    (tmp_path / "v1.map").write_text("V1 { global: foo; local: *; };\n")
+    (tmp_path / "v2.map").write_text("V2 { global: foo; local: *; };\n")
+    (tmp_path / "v.c").write_text("int foo(void) { return 1; }\n")
+    (tmp_path / "m.c").write_text("int foo(void); int main(void) { return foo(); }\n")
+    lib = ["cc", "-shared", "-fPIC", "-o", tmp_path / "libv.so", tmp_path / "v.c"]
+    subprocess.run(lib + ["-Wl,--version-script=" + str(tmp_path / "v1.map")], check=True)
+    subprocess.run(["cc", "-o", tmp_path / "exe", tmp_path / "m.c", "-L", tmp_path, "-lv",
+                    "-Wl,-rpath," + str(tmp_path)], check=True)
+    build_plan(resolve.resolve_program(str(tmp_path / "exe"), env={}), pool)
+    subprocess.run(lib + ["-Wl,--version-script=" + str(tmp_path / "v2.map")], check=True)
+    native = subprocess.run([tmp_path / "exe"], capture_output=True, text=True)
+    assert native.returncode != 0 and "version `V1' not found" in native.stderr
+    with pytest.raises(ResolveError, match="libv.so: version `V1' not found"):
+        build_plan(resolve.resolve_program(str(tmp_path / "exe"), env={}), pool)
