@@ -2,6 +2,7 @@
 ldconfig writes in every format (new, compat, old) with glibc-hwcaps
 entries, swapped in for /etc/ld.so.cache in a private mount namespace."""
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from loader import hwcaps
 from loader.ldcache import LdCache, default_cache, libcmp
 from ldtrees import RTLD, Tree
+
+LDCONFIG = shutil.which("ldconfig") or "/sbin/ldconfig"
 
 
 def _sign(x):
@@ -105,7 +108,7 @@ def hwcaps_caches(tmp_path_factory):
     out = {}
     for fmt in ("new", "compat", "old"):
         path = t.p(f"cache.{fmt}")
-        r = subprocess.run(["ldconfig", "-c", fmt, "-X", "-C", path, "-f", conf], capture_output=True, text=True)
+        r = subprocess.run([LDCONFIG, "-c", fmt, "-X", "-C", path, "-f", conf], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         out[fmt] = path
     return out
@@ -119,7 +122,7 @@ def _can_unshare():
 def test_written_caches_match_ld_so(hwcaps_caches, fmt):
     path = hwcaps_caches[fmt]
     cache = LdCache(path)
-    listed = subprocess.run(["ldconfig", "-p", "-C", path], capture_output=True, text=True).stdout
+    listed = subprocess.run([LDCONFIG, "-p", "-C", path], capture_output=True, text=True).stdout
     assert len(cache.entries) == int(listed.split()[0])
     names = ["libhc.so.1", "libhc4.so.1", "libhc2.so.1", "libhc32.so.1", "libz.so.1", "libc.so.6"]
     ours = {n: cache.lookup(n) for n in names}
