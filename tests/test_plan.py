@@ -371,5 +371,6 @@ def test_missing_version_is_an_error(tmp_path, pool):
     subprocess.run(lib + ["-Wl,--version-script=" + str(tmp_path / "v2.map")], check=True)
     native = subprocess.run([tmp_path / "exe"], capture_output=True, text=True)
     assert native.returncode != 0 and "version `V1' not found" in native.stderr
+    resolve.clear_caches()
     with pytest.raises(ResolveError, match="libv.so: version `V1' not found"):
         build_plan(resolve.resolve_program(str(tmp_path / "exe"), env={}), pool)
