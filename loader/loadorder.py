@@ -152,10 +152,11 @@ class Loader:
             elf = found if path else None
             other = not path and found
         else:
-            path = name
-            v, x = self.ctx.files.verify(self.ctx.abs(name))
+            # a path: its DSTs are expanded (again, for DT_NEEDED) with the requester's values
+            path = self.ctx.expand(loader, name) if loader is not None and sp.dst_count(name) else name
+            v, x = self.ctx.files.verify(self.ctx.abs(path)) if path else (sp.SKIP, "empty")
             if v == sp.FATAL:
-                raise ResolveError(f"{name}: {x}")
+                raise ResolveError(f"{path}: {x}")
             elf = x if v == sp.OK else None
             other = v == sp.SKIP and x == "wrong ELF class"
         if elf is None:
@@ -358,10 +359,6 @@ class Loader:
 
     def dlopen(self, name, requester):
         caller = requester or self.main
-        if "/" in name and sp.dst_count(name):
-            name = self.ctx.expand(caller, name)
-            if not name:
-                raise ResolveError(f"{name}: empty dynamic string token substitution")
         chain_len, sl_len = len(self.chain), len(self.searchlist)
         try:
             root = self.map_object(caller, name, kind="dlopen")

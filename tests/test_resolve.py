@@ -177,6 +177,8 @@ def real_linkmap(prog, names, env):
     (["BAD32"], {}),                                     # only a 32-bit file
     (["PIE"], {}),                                       # an executable
     (["libcyc1.so"], {"LD_LIBRARY_PATH": "CYC"}),
+    (["$ORIGIN/../lib1/liba.so"], {}),                   # DSTs in a dlopen path
+    (["$PLATFORM/nothere.so", "libz.so.1"], {}),
 ])
 def test_dlopen_matches_link_map(tree, linkmap_prog, names, env):
     t, _ = tree
