@@ -282,6 +282,9 @@ def test_corrupted_state_gets_a_clear_error_and_a_fresh_pool(tmp_path, damage):
         with b.connect() as c:
             c.acquire_program("/usr/bin/xz")
             epoch = c.epoch
+        running = _launch_xz(b.socket)        # mapped from the pool about to be lost
+        if running:
+            wait_for(lambda: b.stats()["totals"]["leases"] == 1, what="launcher's lease")
         b.kill(signal.SIGKILL)
         if damage.startswith("journal"):
             data = bytearray(open(b.journal, "rb").read())
@@ -306,6 +309,10 @@ def test_corrupted_state_gets_a_clear_error_and_a_fresh_pool(tmp_path, damage):
         assert not st["recovered"] and st["epoch"] != epoch and not st["images"]
         with b.connect() as c:
             assert C.plan_objects(c.acquire_program("/usr/bin/xz"))
+        if running:                          # the old pool's mappings still work
+            out, err = running.communicate(b"old pool\n", timeout=60)
+            assert running.returncode == 0, err
+            assert subprocess.run(["xz", "-dc"], input=out, capture_output=True).stdout == b"old pool\n"
     finally:
         b.cleanup()
 
