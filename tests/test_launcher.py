@@ -307,3 +307,66 @@ def test_gdb_sees_pooled_objects(env, tmp_path):
                        capture_output=True, text=True, env=env, timeout=TIMEOUT)
     assert "in work (x=1) at" in r.stdout and "in main () at" in r.stdout, r.stdout
     assert "libz.so.1" in r.stdout, r.stdout
+
+
+def _hello_plan(tmp_path, env):
+    (tmp_path / "h.c").write_text('#include <stdio.h>\nint main(void){ puts("hi"); return 0; }\n')
+    subprocess.run(["gcc", "-O2", "-o", "h", "h.c"], check=True, cwd=tmp_path)
+    import sys
+    subprocess.run([sys.executable, "-m", "loader.plan", str(tmp_path / "h"), "-o", str(tmp_path / "h.plan"),
+                    "--pool-file", str(tmp_path / "h.pool"), "--pool-size", "0x1000000"],
+                   check=True, env=env, cwd=tmp_path)
+    return (tmp_path / "h.plan").read_bytes()
+
+
+def test_bad_plans_are_one_line_errors(env, tmp_path):
+    """--plan debug mode: a plan damaged in any field the launcher relies on
+    is refused with one line and exit 127, never a crash."""
+    import struct
+    from loader import planformat as pf
+    good = _hello_plan(tmp_path, env)
+    hdr = dict(zip("version hdr_size nobj nseg nfix nimport ninit main_obj nglibc first_index".split(),
+                   struct.unpack_from("<10I", good, 8)))
+    offs = dict(zip("off_obj off_seg off_fix off_import off_init off_glibc off_str str_size".split(),
+                    struct.unpack_from("<8Q", good, 48)))
+    o, s, f = offs["off_obj"], offs["off_seg"], offs["off_fix"]
+    assert hdr["nfix"] > 0 and hdr["nseg"] > 0
+    muts = {
+        "truncated": lambda b: b[:100],
+        "magic": lambda b: b"XXXXXXXX" + b[8:],
+        "version": lambda b: _put(b, 8, "I", 2),
+        "nobj": lambda b: _put(b, 16, "I", 0xFFFFFFFF),
+        "nfix": lambda b: _put(b, 24, "I", 0x7FFFFFFF),
+        "main_obj": lambda b: _put(b, 36, "I", 77),
+        "off_str": lambda b: _put(b, 96, "Q", 1 << 40),
+        "str_size": lambda b: _put(b, 104, "Q", 1 << 40),
+        "static_tls": lambda b: _put(b, 112, "Q", 1 << 30),
+        "pool_size": lambda b: _put(b, 128, "Q", 1 << 40),
+        "obj_path": lambda b: _put(b, o + 52, "I", 0xFFFFFF),
+        "obj_range": lambda b: _put(b, o + 16, "Q", struct.unpack_from("<Q", b, o + 8)[0]),
+        "obj_segs": lambda b: _put(b, o + 60, "I", 0xFFFFFF),
+        "seg_pool_off": lambda b: _put(b, s + 16, "Q", 1 << 40),
+        "seg_kind": lambda b: _put(b, s + 28, "I", 9),
+        "seg_addr": lambda b: _put(b, s, "Q", struct.unpack_from("<Q", b, s)[0] + 1),
+        "fix_addr": lambda b: _put(b, f, "Q", 0x1000),
+        "fix_type": lambda b: _put(b, f + 8, "I", 99),
+        "fix_sym": lambda b: _put(_put(b, f + 8, "I", pf.FIX_SYM64), f + 12, "I", 123456),
+    }
+    for name, m in muts.items():
+        bad = tmp_path / f"{name}.plan"
+        bad.write_bytes(m(good))
+        r = subprocess.run(["ldpool-exec", "--plan", str(bad), "--pool", str(tmp_path / "h.pool"),
+                            str(tmp_path / "h")], capture_output=True, text=True, env=env, timeout=30)
+        assert r.returncode == 127, (name, r.returncode, r.stderr)
+        assert r.stderr.startswith("ldpool-exec: bad plan") and r.stderr.count("\n") == 1, (name, r.stderr)
+    # the undamaged plan runs
+    r = subprocess.run(["ldpool-exec", "--plan", str(tmp_path / "h.plan"), "--pool", str(tmp_path / "h.pool"),
+                        str(tmp_path / "h")], capture_output=True, env=env, timeout=30)
+    assert (r.returncode, r.stdout) == (0, b"hi\n")
+
+
+def _put(b, off, fmt, v):
+    import struct
+    b = bytearray(b)
+    struct.pack_into("<" + fmt, b, off, v)
+    return bytes(b)

@@ -156,17 +156,17 @@ void *ldp_tls_block(struct ldp_rt *r)
 void *ldp_tls_get_addr(void *arg)
 {
     tls_index *ti = arg;
-    static uint32_t last = LDP_NONE;
-    struct ldp_rt *r = NULL;
-    if (last < ldp_nobj && ldp_objs[last] && ldp_objs[last]->o->tls_modid == ti->module &&
-        ldp_objs[last]->state != LDP_ST_GONE)
-        r = ldp_objs[last];
+    static uint32_t last = LDP_NONE;    /* threads may race on it: read it once */
+    uint32_t l = __atomic_load_n(&last, __ATOMIC_RELAXED);
+    struct ldp_rt *r = NULL, *c = l < ldp_nobj ? ldp_objs[l] : NULL;
+    if (c && c->o->tls_modid == ti->module && c->state != LDP_ST_GONE)
+        r = c;
     else
         for (uint32_t i = 0; i < ldp_nobj; i++)
             if (ldp_objs[i] && (ldp_objs[i]->o->tls_tpoff || ldp_objs[i]->o->tls_memsz) &&
                 ldp_objs[i]->o->tls_modid == ti->module && ldp_objs[i]->state != LDP_ST_GONE) {
                 r = ldp_objs[i];
-                last = i;
+                __atomic_store_n(&last, i, __ATOMIC_RELAXED);
                 break;
             }
     if (!r) return real_tls_get_addr(arg);
