@@ -87,7 +87,12 @@ def test_system_cache_lookups_match_ld_so():
         for name, path in answers.items():  # the batch and their dependencies
             assert cache.lookup(name) == path, name
             checked.add(name)
-    assert len(checked & set(names)) > len(names) // 2
+    for name in sorted(set(names) - checked):  # shadowed by an earlier one's SONAME: alone
+        answers, _ = _ldso_cache_answers([name])
+        if name in answers:
+            assert cache.lookup(name) == answers[name], name
+            checked.add(name)
+    assert len(checked & set(names)) > 0.95 * len(names)
     assert cache.lookup("libdoes-not-exist.so.7") is None
     print(f"\n  system ld.so.cache: {len(names)} names, {len(checked & set(names))} of them "
           f"(+{len(checked - set(names))} others) looked up by ld.so and compared")
