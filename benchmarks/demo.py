@@ -62,13 +62,14 @@ def run(args):
         t.add_row(*r)
     console.print(t)
     m = Table(title=f"Memory per process, {args.clients} clients each (smaps)")
-    for col in ("program", "ld.so Pss", "ldpool Pss", "ld.so private lib.", "ldpool private lib."):
+    for col in ("program", "ld.so Pss", "ldpool Pss", "+ broker / N", "ld.so private lib.", "ldpool private lib."):
         m.add_column(col, justify="left" if col == "program" else "right")
     for r in rows_m:
         m.add_row(*r)
     console.print(m)
     console.print("private lib. = Private_Dirty of the program and its non-glibc libraries: "
-                  "what each process pays for relocated data", style="dim")
+                  "what each process pays for relocated data. + broker / N = the broker's Pss (it maps "
+                  "the whole pool) shared out over the clients: ldpool's fixed cost.", style="dim")
     console.print(ksm_line)
     for n in notes:
         console.print(f"[bold yellow]note:[/] {n}")
@@ -98,16 +99,19 @@ def _mib(kb):
 def _memory(name, argv, broker, ok, n):
     with runners.Clients(argv, n) as c:
         if not c.ready:
-            return (name, "failed", "", "", ""), "under ld.so: " + c.failure()
+            return (name, "failed", "", "", "", ""), "under ld.so: " + c.failure()
         a, _ = measure.mean_memory(c.pids)
     b = note = None
+    share = "n/a"
     if ok:
         with runners.Clients(argv, n, env=broker.env(), ldpool=True) as c:
             if c.ready:
                 b, _ = measure.mean_memory(c.pids, broker.ranges(), broker.pool_paths)
+                if broker.proc:
+                    share = "+ " + _mib(measure.process_memory(broker.proc.pid)[1]["all"]["Pss"] / n)
             else:
                 note = c.failure()
-    row = (name, _mib(a["all"]["Pss"]), _mib(b["all"]["Pss"]) if b else "n/a",
+    row = (name, _mib(a["all"]["Pss"]), _mib(b["all"]["Pss"]) if b else "n/a", share,
            _mib(a["objects"]["Private_Dirty"]), _mib(b["objects"]["Private_Dirty"]) if b else "n/a")
     return row, note
 
