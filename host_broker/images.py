@@ -58,6 +58,7 @@ class ImageStore:
                  builder=None, make_room=lambda: False):
         self.pool, self.placements, self.refs = pool, placements, refs
         self.make_room = make_room
+        self.admit = lambda obj: None   # raises when obj may not enter the pool
         self.touched = set()        # keys placed by the acquisition in progress
         self.on_change, self.deps_of = on_change, deps_of
         self.builder = builder or limage.build_image
@@ -77,9 +78,9 @@ class ImageStore:
     def image_bytes(self, placed):
         return self.pool.view[placed.pool_off:placed.pool_off + placed.size].toreadonly()
 
-    def place(self, obj):
+    def place(self, obj, instance=0):
         elf = obj.elf
-        key = limage.image_key(elf)
+        key = limage.image_key(elf, instance)
         if key in self._building:
             return self._building[key]
         # whatever this acquisition uses must survive a make_room() later in it
@@ -109,6 +110,7 @@ class ImageStore:
 
     # --- building ---------------------------------------------------------
     def _build(self, obj, elf, key):
+        self.admit(obj)
         lay = limage.layout(elf)
         try:
             extent_va, base, pool_off = self._allocate(elf, lay)

@@ -17,11 +17,13 @@ before anything is resolved (an allocator needs it before building).
 ImageSource protocol (implemented by host_broker over the shared pool and
 by loader.localpool over a private file):
 
-    source.place(loaded_object) -> PlacedImage
+    source.place(loaded_object, instance=0) -> PlacedImage
         ensure the image of `loaded_object` (a resolve.LoadedObject, or
         anything with .elf and .path) exists, building first the images of
-        its canonical scope; return where it lives.  Same file content =>
-        same PlacedImage for the whole life of the source.
+        its canonical scope; return where it lives.  Same file content (and
+        instance) => same PlacedImage for the whole life of the source; the
+        key is image_key(elf, instance).  Plans ask for instance n > 0 only
+        when a process holds n + 1 objects of identical content.
     source.image_bytes(placed) -> memoryview
         the image's pool bytes (read-only, len == placed.size).
     source.pool_size, source.pool_path
@@ -79,10 +81,13 @@ def build_id(elf):
 _key_cache = {}
 
 
-def image_key(elf):
+def image_key(elf, instance=0):
     """Identity of an image: SHA-256 of the file's bytes, plus its build-id.
     Identical files at different paths share one key; hashing is cached per
-    (device, inode, size) for the life of the process."""
+    (device, inode, size, mtime) for the life of the process.  `instance`
+    n > 0 names the n-th extra copy, for a process that loads two identical
+    files as two objects (ld.so does when they have no SONAME): each needs
+    an address range of its own."""
     st = os.stat(elf.path)
     ck = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     key = _key_cache.get(ck)
@@ -91,7 +96,7 @@ def image_key(elf):
         bid = build_id(elf)
         key = h + ("-" + bid if bid else "")
         _key_cache[ck] = key
-    return key
+    return f"{key}@{instance}" if instance else key
 
 
 # ------------------------------------------------------------------ layout

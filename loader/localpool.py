@@ -53,9 +53,9 @@ class LocalPool:
     def image_bytes(self, placed):
         return self.view[placed.pool_off:placed.pool_off + placed.size].toreadonly()
 
-    def place(self, obj):
+    def place(self, obj, instance=0):
         elf = obj.elf
-        key = limage.image_key(elf)
+        key = limage.image_key(elf, instance)
         p = self._building.get(key) or self.images.get(key)
         if p is not None:
             return p

@@ -27,7 +27,7 @@ from loader.elf import DT, DF_1_NODELETE, DF_STATIC_TLS, PT_DYNAMIC, PT_GNU_EH_F
 from loader.errors import LdpoolError, ResolveError
 from loader.scope import Scope
 from loader.fixups import Imports, object_fixups
-from loader.image import PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, relro_range
+from loader.image import image_key, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, relro_range
 from loader.initorder import init_order
 from loader.segments import object_segments
 
@@ -78,13 +78,16 @@ def _placements(objs, source, first_index, planned):
     """Scope entries of every object, placements of the pooled ones and
     their global indices (load order among pooled objects; the `planned`
     ones numbered from first_index)."""
-    entries, placed, gindex = [], {}, {}
+    entries, placed, gindex, copies = [], {}, {}, {}
     old = [k for k, o in enumerate(objs) if not o.is_glibc and k not in planned]
     for k, o in enumerate(objs):
         if o.is_glibc:
             entries.append((o.elf, 0, True))
             continue
-        p = source.place(o)
+        key = image_key(o.elf)
+        n = copies.get(key, 0)           # identical files loaded as distinct objects
+        copies[key] = n + 1
+        p = source.place(o, n) if n else source.place(o)
         placed[k] = p
         entries.append((o.elf, p.base, False))
     for i, k in enumerate(old):

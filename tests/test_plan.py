@@ -134,7 +134,12 @@ def replay_and_check(prog, pool, env=None):
     text = explain(blob)
     assert text.count("\n[") == len(p.objects) and "init:" in text
     pooled = [o for o in res.objects if not o.is_glibc]
-    placed = [pool.place(o) for o in pooled]
+    placed, copies = [], {}
+    for o in pooled:                  # the same placements the plan got
+        key = limage.image_key(o.elf)
+        n = copies[key] = copies.get(key, -1) + 1
+        placed.append(pool.place(o, n))
+    assert [pl.map_start for pl in placed] == [o["map_start"] for o in p.objects]
     assert len(p.objects) == len(pooled)
     for so in (p.string(g) for g in p.glibc):
         ctypes.CDLL(so, mode=os.RTLD_GLOBAL)
@@ -374,3 +379,24 @@ def test_missing_version_is_an_error(tmp_path, pool):
     resolve.clear_caches()
     with pytest.raises(ResolveError, match="libv.so: version `V1' not found"):
         build_plan(resolve.resolve_program(str(tmp_path / "exe"), env={}), pool)
+
+
+def test_identical_files_as_two_objects(tmp_path, pool):
+    """ld.so loads two identical files without SONAME as two objects: each
+    needs its own copy of the image, at its own address."""
+    (tmp_path / "l.c").write_text("static int counter; int bump(void) { return ++counter; }\n")
+    (tmp_path / "m.c").write_text(
+        "#include <dlfcn.h>\nint main(void) {\n"
+        "  int (*a)(void) = dlsym(dlopen(\"liba.so\", RTLD_NOW), \"bump\");\n"
+        "  int (*b)(void) = dlsym(dlopen(\"libb.so\", RTLD_NOW), \"bump\");\n"
+        "  a(); a(); return a() * 10 + b(); }\n")
+    for n in ("a", "b"):
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", tmp_path / f"lib{n}.so", tmp_path / "l.c"], check=True)
+    subprocess.run(["cc", "-o", tmp_path / "exe", tmp_path / "m.c", "-Wl,--no-as-needed", "-L", tmp_path,
+                    "-la", "-lb", "-Wl,-rpath," + str(tmp_path)], check=True)
+    assert (tmp_path / "liba.so").read_bytes() == (tmp_path / "libb.so").read_bytes()
+    p, _, _ = replay_and_check(str(tmp_path / "exe"), pool)
+    ranges = sorted((o["map_start"], o["map_end"]) for o in p.objects)
+    assert len(ranges) == 3 and all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
+    assert subprocess.run([tmp_path / "exe"]).returncode == 31
+    assert via_launcher(tmp_path, [str(tmp_path / "exe")]).returncode == 31
