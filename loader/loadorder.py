@@ -3,16 +3,15 @@ machine behind loader.resolve (rtld.c dl_main, dl-deps.c
 _dl_map_object_deps, dl-load.c _dl_map_object)."""
 import os
 
-from loader import searchpath as sp
 from loader import hwcaps as _hwcaps
+from loader import searchpath as sp
 from loader.elf import DT, DF_1_PIE, ET_DYN, PT_DYNAMIC, ElfFile
-
-DT_NEEDED, DT_AUXILIARY, DT_FILTER = DT["NEEDED"], 0x7FFFFFFD, 0x7FFFFFFF
 from loader.errors import ElfError, ResolveError
-from loader.versioncheck import check_versions
 from loader.resolve import (DF_1_NODEFLIB, DF_1_NOOPEN, RTLD_PATH, LoadedObject, Missing, Resolution,
                             is_glibc_soname)
+from loader.versioncheck import check_versions
 
+DT_NEEDED, DT_AUXILIARY, DT_FILTER = DT["NEEDED"], 0x7FFFFFFD, 0x7FFFFFFF
 PRELOAD_FILE = "/etc/ld.so.preload"
 SECURE_PATH_LIMIT = 255
 
@@ -26,7 +25,7 @@ class Loader:
         self.main = None
         self.rtld = None
         self.chain = []          # namespace list (matching order); faked entries excluded
-        self.searchlist = []     # main's search list: LoadedObject or (name, requester) when missing
+        self.searchlist = []     # main's search list: LoadedObject, or Missing in trace mode
         self.by_name = {}        # requested name or l_name -> first object in chain order
         self.by_soname = {}
         self.by_file = {}        # (dev, ino) -> object
