@@ -45,8 +45,11 @@ def _stat_id(path):
 
 
 class Acquirer:
-    def __init__(self, store, log=print):
-        self.store, self.log = store, log
+    def __init__(self, store, log=print, public_only=False):
+        self.store, self.log, self.public_only = store, log, public_only
+        if public_only:
+            # canonical scopes pull in objects of their own: the same rule
+            store.admit = lambda obj: check_public([obj])
         self.cache = collections.OrderedDict()
         self.by_payload = {}
 
@@ -117,9 +120,11 @@ class Acquirer:
         res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
         if res.missing:
             raise ResolveError(f"{path}: cannot find {', '.join(map(str, res.missing))}")
+        pooled = [o for o in res.objects if not o.is_glibc]
+        if self.public_only:
+            check_public(pooled)             # before any byte of them enters the pool
         blob = plan.build_plan(res, self.store, argv0=argv0)
         params = (path, argv0, cwd, env, preload)
-        pooled = [o for o in res.objects if not o.is_glibc]
         keys = [self.store.place(o).key for o in pooled]
         # a changed ld.so.cache may resolve differently
         files = [(p, _stat_id(p)) for p in [o.path for o in pooled] + ["/etc/ld.so.cache"]
@@ -148,8 +153,26 @@ class Acquirer:
             ctx["res"] = res
         req_obj = _find_requester(res, requester)
         new = resolve.resolve_dlopen(res, name, req_obj)
+        pooled = [o for o in new if not o.is_glibc]
+        if self.public_only:
+            check_public(pooled)
         blob = plan.build_dlopen_plan(res, new, self.store, first_index=first)
-        return Acquisition(blob, [self.store.place(o).key for o in new if not o.is_glibc])
+        return Acquisition(blob, [self.store.place(o).key for o in pooled],
+                           files=[(o.path, _stat_id(o.path)) for o in pooled])
+
+
+def check_public(objs):
+    """A broker opened to a group hands the whole pool (read-only) to every
+    client, so it may only pool files that anyone may read: a file readable
+    by its owner alone would be disclosed to the group."""
+    for o in objs:
+        try:
+            mode = os.stat(o.path).st_mode
+        except OSError as e:
+            raise BrokerError(f"{o.path}: {e.strerror}") from None
+        if not mode & 0o004:
+            raise BrokerError(f"{o.path}: not readable by everyone; a broker shared with a group "
+                              "only pools world-readable files")
 
 
 def _find_requester(res, requester):

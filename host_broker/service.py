@@ -55,7 +55,7 @@ class Broker:
         self.pool_name = pool_name or P.default_pool_name(socket_path)
         journal = os.path.join(os.path.dirname(socket_path), self.pool_name.strip("/") + ".journal")
         self.state = BrokerState(self.pool_name, pool_size, journal, linger, log=self.log)
-        self.acquirer = Acquirer(self.state.store, log=self.log)
+        self.acquirer = Acquirer(self.state.store, log=self.log, public_only=bool(group))
         self.clients = {}
         self._next_client = 1
         self._build_lock = None

@@ -214,12 +214,21 @@ def test_stats_do_not_leak_other_users_programs(tmp_path):
                     "c = C.connect(sys.argv[1], name='nobody')\n"
                     "c.acquire_program('/usr/bin/xz')\n"
                     "try:\n"
+                    "    c.acquire_program(sys.argv[2]); secret = True\n"
+                    "except Exception as e:\n"
+                    "    secret = str(e)\n"
+                    "try:\n"
                     "    os.open('/dev/shm' + c.pool_name, os.O_RDONLY); opened = True\n"
                     "except PermissionError:\n"
                     "    opened = False\n"
-                    "s = c.stats(); s['opened_pool_file'] = opened\n"
+                    "s = c.stats(); s['opened_pool_file'] = opened; s['secret'] = secret\n"
                     "print(json.dumps(s))\n")
-            out = subprocess.run([sys.executable, "-c", code, b.socket], capture_output=True,
+            secret = os.path.join(top, "secret-gzip")       # a program only root may read
+            shutil.copy("/usr/bin/gzip", secret)
+            os.chmod(secret, 0o700)
+            with open(secret, "ab") as f:
+                f.write(b"\0root only")
+            out = subprocess.run([sys.executable, "-c", code, b.socket, secret], capture_output=True,
                                  text=True, timeout=60, cwd="/")
             assert out.returncode == 0, out.stderr
             seen = json.loads(out.stdout)
@@ -229,6 +238,9 @@ def test_stats_do_not_leak_other_users_programs(tmp_path):
             assert seen["totals"]["hidden_images"] >= 2
             assert [cl["name"] for cl in seen["clients"]] == ["nobody"]
             assert not seen["opened_pool_file"]       # only the read-only fd from HELLO
+            # the broker could read it, but a group broker must not pool it
+            assert "not readable by everyone" in seen["secret"]
+            assert not any("secret" in im["path"] for im in c.stats()["images"])
             mine = {im["path"] for im in c.stats()["images"]}
             assert any("zstd" in p for p in mine)         # the broker's own uid sees all
     finally:
