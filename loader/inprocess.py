@@ -100,6 +100,14 @@ def _map_object(p, o, fd):
         if got not in (None, 2**64 - 1) and got != -1:
             _munmap(got, end - start)
         raise LdpoolError(f"{p.string(o['path'])}: address range {start:#x}-{end:#x} is in use")
+    try:
+        _map_segments(p, o, fd)
+    except BaseException:
+        _munmap(start, end - start)
+        raise
+
+
+def _map_segments(p, o, fd):
     for addr, length, off, prot, kind in p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]:
         if kind == pf.SEG_SHARED:
             r = _mmap(addr, length, prot, MAP_SHARED | MAP_FIXED, fd, off)
@@ -264,28 +272,41 @@ def open(name, source=None):  # noqa: A001  (the API's name)
         modids = array.array("Q", [1 + first + i if o["tls_modid"] else 0 for i, o in enumerate(p.objects)])
         fixbytes = memoryview(blob)[p.hdr["off_fix"]:p.hdr["off_fix"] + pf.FIX.size * p.hdr["nfix"]]
         mapped, fresh = [], []
-        for i, o in enumerate(p.objects):
-            key = (p.string(o["path"]), o["map_start"])
-            m = _state["mapped"].get(key)
-            if m is None:
-                _map_object(p, o, fd)
-                m = _Mapped(o, key)
-                m.modid = modids[i]
-                _state["mapped"][key] = m
-                fresh.append(m)
-            m.refs += 1
-            mapped.append(m)
-        for m in reversed(fresh):            # dependencies first, as ld.so relocates
-            o = m.rec
-            napply.apply_fixups(fixbytes[pf.FIX.size * o["fix_first"]:pf.FIX.size * (o["fix_first"] + o["fix_count"])],
-                                imp, modids, p.hdr["first_index"])
-            if m.modid:
-                napply.register_tls(m.modid, o["tls_image"], o["tls_filesz"], o["tls_memsz"], o["tls_align"])
-            _protect(p, o)
-        bias = {os.path.realpath(p.string(x["path"])): x["l_addr"] for x in p.objects}
-        entries = [(ob.elf, bias.get(os.path.realpath(ob.path), 0), ob.is_glibc) for ob in res.objects]
-        scope = Scope(entries)
-        _register_frames(scope, fresh)
+        registered = set()
+        try:
+            for i, o in enumerate(p.objects):
+                key = (p.string(o["path"]), o["map_start"])
+                m = _state["mapped"].get(key)
+                if m is None:
+                    _map_object(p, o, fd)
+                    m = _Mapped(o, key)
+                    m.modid = modids[i]
+                    _state["mapped"][key] = m
+                    fresh.append(m)
+                m.refs += 1
+                mapped.append(m)
+            for m in reversed(fresh):            # dependencies first, as ld.so relocates
+                o = m.rec
+                napply.apply_fixups(fixbytes[pf.FIX.size * o["fix_first"]:pf.FIX.size * (o["fix_first"] + o["fix_count"])],
+                                    imp, modids, p.hdr["first_index"])
+                if m.modid:
+                    napply.register_tls(m.modid, o["tls_image"], o["tls_filesz"], o["tls_memsz"], o["tls_align"])
+                    registered.add(m.modid)
+                _protect(p, o)
+            bias = {os.path.realpath(p.string(x["path"])): x["l_addr"] for x in p.objects}
+            entries = [(ob.elf, bias.get(os.path.realpath(ob.path), 0), ob.is_glibc) for ob in res.objects]
+            scope = Scope(entries)
+            _register_frames(scope, fresh)
+        except BaseException:
+            # leave the process as it was: nothing half-mapped stays behind
+            for m in mapped:
+                m.refs -= 1
+            for m in fresh:
+                if m.modid in registered:
+                    napply.unregister_tls(m.modid)
+                _munmap(m.rec["map_start"], m.rec["map_end"] - m.rec["map_start"])
+                del _state["mapped"][m.path]
+            raise
         first_index = p.hdr["first_index"]
         order = [mapped[g - first_index] for g in p.init]
         if p.hdr["main_obj"] != pf.NONE:     # a broker plan: the library is its "program"

@@ -171,6 +171,16 @@ def test_from_the_brokers_pool(tmp_path, monkeypatch):
         z.close()
         leases = [c["leases"] for c in conn.stats()["clients"] if c["name"] == "loader.open"]
         assert leases == [0]
+        # a library needing static TLS fails cleanly: one line, nothing left mapped
+        (tmp_path / "ie.c").write_text('__attribute__((tls_model("initial-exec"))) __thread int v = 3;\n'
+                                      "int get(void) { return v; }\n")
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", tmp_path / "libie.so", tmp_path / "ie.c"], check=True)
+        before = open("/proc/self/maps").read().count("/dev/shm/ldpool-")
+        with pytest.raises(LdpoolError, match="static TLS"):
+            loader.open(str(tmp_path / "libie.so"))
+        assert open("/proc/self/maps").read().count("/dev/shm/ldpool-") == before
+        with pytest.raises(LdpoolError, match="static TLS"):
+            loader.open(str(tmp_path / "libie.so"), "local")
     finally:
         c = inprocess._state.pop("conn", None)
         if c is not None:
