@@ -7,6 +7,7 @@ lock, so slow builds do not stall pings, releases and cached acquires."""
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import struct
@@ -65,6 +66,10 @@ class Broker:
     # --- socket ---------------------------------------------------------------
     def bind(self):
         """Create the socket (0600, or 0660 for --group). Call after lock()."""
+        # one descriptor per client: every running pooled program is one
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         path = self.socket_path
         try:
             os.unlink(path)
@@ -113,7 +118,12 @@ class Broker:
     async def _accept_loop(self):
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(self.sock)
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as e:            # EMFILE and friends: keep serving the others
+                self.log(f"accept: {e.strerror}")
+                await asyncio.sleep(0.1)
+                continue
             pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             client = Client(self._next_client, pid, uid, gid)
             self._next_client += 1
