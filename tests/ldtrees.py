@@ -181,6 +181,9 @@ def build_tree(root):
     pre = t.lib("pre/libpre.so")
     S["preload"] = (t.p("bin/rpath_chain"), {"LD_PRELOAD": f"libpre.so {t.p('lib1/libb.so')}:libnothere.so",
                                              "LD_LIBRARY_PATH": t.p("pre")}, None)
+    S["preload_dst"] = (t.p("bin/rpath_chain"), {"LD_PRELOAD": "$ORIGIN/../pre/libpre.so"}, None)
+    S["llp_platform_lib"] = (t.exe("bin/dst_llp", needs=[libdst1, libdst2]),
+                             {"LD_LIBRARY_PATH": f"{t.p('dst')}/$PLATFORM:{t.p('dst')}/$LIB"}, None)
     # DF_1_NODEFLIB: neither the cache nor the default directories
     S["nodeflib"] = (t.exe("bin/nodeflib", extra=["-Wl,-z,nodefaultlib"]), {}, None)
     S["nodeflib_llp"] = (t.p("bin/nodeflib"), {"LD_LIBRARY_PATH": "/lib/x86_64-linux-gnu"}, None)

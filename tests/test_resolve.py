@@ -30,7 +30,8 @@ SCENARIOS = ["rpath_chain", "runpath_own", "runpath_stops_chain", "rpath_continu
              "llp_empty_is_cwd", "llp_relative", "llp_semicolon_origin", "preload", "nodeflib",
              "nodeflib_llp", "circular", "library_as_main", "symlinked_program", "relative_program_path",
              "filters", "filter_moves_later_filtee", "filter_missing", "hwcaps_tuned_down", "hwcaps_no_v2",
-             "hwcap_mask_zero", "symbol_versions", "other_interp_name", "ld_so_needed_first"]
+             "hwcap_mask_zero", "symbol_versions", "other_interp_name", "ld_so_needed_first",
+             "preload_dst", "llp_platform_lib"]
 
 
 def ours(prog, env, cwd, kernel):
