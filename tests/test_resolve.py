@@ -300,3 +300,35 @@ def test_symbol_version_errors_stop_a_real_start(tree):
     res = resolve_program(prog, env=BASE_ENV)
     assert len(res.version_errors) == 1 and "VERS_1" in res.version_errors[0]
     assert any("no version information available" in m for f, m in res.version_problems if not f)
+
+
+def test_corrupt_files_give_ldpool_errors_only(tmp_path):
+    """Truncated or byte-flipped programs and libraries (found through
+    LD_LIBRARY_PATH): a one-line LdpoolError or a result, never another
+    exception."""
+    import random
+    from loader import searchpath
+    from loader.resolve import SearchContext
+    rng = random.Random(1234)
+    sources = [open("/bin/ls", "rb").read(), open("/lib/x86_64-linux-gnu/libselinux.so.1", "rb").read()]
+    outcomes = {"ok": 0, "error": 0}
+    for i in range(160):
+        data = bytearray(sources[i % 2])
+        if i % 3 == 0:
+            data = data[:rng.randrange(1, len(data))]
+        else:
+            for _ in range(rng.randrange(1, 30)):
+                data[rng.randrange(0, 8192)] = rng.randrange(256)
+        d = tmp_path / str(i)
+        d.mkdir()
+        victim = d / ("prog" if i % 2 == 0 else "libselinux.so.1")
+        victim.write_bytes(data)
+        env = dict(BASE_ENV, LD_LIBRARY_PATH=str(d))
+        prog = str(victim) if i % 2 == 0 else "/bin/ls"
+        try:
+            resolve_program(prog, env=env, context=SearchContext(env, files=searchpath.FileCache()))
+            outcomes["ok"] += 1
+        except LdpoolError as e:
+            assert "\n" not in str(e)
+            outcomes["error"] += 1
+    assert outcomes["ok"] and outcomes["error"]
