@@ -231,3 +231,48 @@ def test_many_files_per_process_are_fast():
     assert r.stdout.count(":\n") >= min(CHUNK, len(files)) // 2
     print(f"\n  ldpool ldd: {min(CHUNK, len(files))} files in one process: {dt:.2f}s")
     assert dt < 30
+
+
+def test_system_programs_started_by_the_kernel_match():
+    """resolve_program's default (a program the kernel starts: $ORIGIN from
+    its real path, ld.so named by PT_INTERP) against each program executed
+    with LD_TRACE_LOADED_OBJECTS=1.  Only programs whose interpreter is
+    ld.so (anything else would really run); set-id programs, which ld.so
+    refuses to trace (exit 5), are counted as skipped."""
+    from loader import searchpath
+    from loader.elf import ElfFile
+    from loader.errors import LdpoolError
+    from loader.ldd import format_listing
+    from loader.resolve import SearchContext, resolve_program
+    progs = []
+    for f in system_files():
+        if f.startswith("/lib/") or not os.access(f, os.X_OK):
+            continue
+        try:
+            if ElfFile(f).interp == RTLD:
+                progs.append(f)
+        except LdpoolError:
+            continue
+
+    def traced(f):
+        r = subprocess.run([f], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+                           env=dict(BASE_ENV, LD_TRACE_LOADED_OBJECTS="1"))
+        return r.returncode, strip_addresses(r.stdout.splitlines())
+
+    with ThreadPoolExecutor(2) as ex:
+        oracle = list(ex.map(traced, progs))
+    files = searchpath.FileCache()
+    equal, skipped, bad = 0, 0, []
+    for f, (rc, want) in zip(progs, oracle):
+        if rc == 5:
+            skipped += 1
+            continue
+        res = resolve_program(f, env=BASE_ENV, context=SearchContext(BASE_ENV, files=files))
+        got = strip_addresses(format_listing(res))
+        if rc == 0 and got == want:
+            equal += 1
+        else:
+            bad.append((f, rc, want, got))
+    print(f"\n  exec'd programs: {len(progs)} equal={equal} skipped(set-id, not traceable)={skipped}")
+    assert not bad, bad[:3]
+    assert equal > 0.9 * len(progs)
