@@ -19,11 +19,12 @@ def canonical_deps(obj):
     """The object's own breadth-first dependency closure, resolved with an
     empty environment, without itself."""
     from loader import resolve
+    path = obj.elf.path          # absolute, where obj.path may be relative to the client's cwd
     if getattr(obj, "kind", None) == "main":
         # a program cannot be dlopen'ed: resolve it as the kernel starts it
-        return resolve.resolve_program(obj.path, env={}).objects[1:]
+        return resolve.resolve_program(path, env={}).objects[1:]
     try:
-        return resolve.resolve_library(obj.path, env={}).objects[1:]
+        return resolve.resolve_library(path, env={}).objects[1:]
     except ResolveError:
         # a dependency found only through the program's RPATH: relocate
         # against glibc alone and leave the rest to the plan's fixups
