@@ -74,25 +74,31 @@ def assign_tls(objs, pooled, start=0):
     return out, offset, maxalign
 
 
+def placements(objs, source):
+    """{index in objs: PlacedImage} of the non-glibc objects, in load order.
+    Identical files loaded as distinct objects get distinct images
+    (instance 1, 2...).  Use it for the keys a lease holds."""
+    placed, copies = {}, {}
+    for k, o in enumerate(objs):
+        if o.is_glibc:
+            continue
+        key = image_key(o.elf)
+        n = copies.get(key, 0)
+        copies[key] = n + 1
+        placed[k] = source.place(o, n) if n else source.place(o)
+    return placed
+
+
 def _placements(objs, source, first_index, planned):
     """Scope entries of every object, placements of the pooled ones and
     their global indices (load order among pooled objects; the `planned`
     ones numbered from first_index)."""
-    entries, placed, gindex, copies = [], {}, {}, {}
-    old = [k for k, o in enumerate(objs) if not o.is_glibc and k not in planned]
-    for k, o in enumerate(objs):
-        if o.is_glibc:
-            entries.append((o.elf, 0, True))
-            continue
-        key = image_key(o.elf)
-        n = copies.get(key, 0)           # identical files loaded as distinct objects
-        copies[key] = n + 1
-        p = source.place(o, n) if n else source.place(o)
-        placed[k] = p
-        entries.append((o.elf, p.base, False))
-    for i, k in enumerate(old):
-        gindex[k] = i
-    for i, k in enumerate(k for k in sorted(planned) if not objs[k].is_glibc):
+    placed = placements(objs, source)
+    entries = [(o.elf, 0, True) if o.is_glibc else (o.elf, placed[k].base, False)
+               for k, o in enumerate(objs)]
+    old = [k for k in placed if k not in planned]
+    gindex = {k: i for i, k in enumerate(old)}
+    for i, k in enumerate(k for k in sorted(planned) if k in placed):
         gindex[k] = first_index + i
     return entries, placed, gindex
 

@@ -19,7 +19,7 @@ from loader import planformat as pf
 from loader import resolve
 from loader.errors import ResolveError
 from loader.localpool import LocalPool
-from loader.plan import build_plan, explain, plan_stats
+from loader.plan import build_plan, explain, placements, plan_stats
 from loader.scope import Scope
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,11 +134,7 @@ def replay_and_check(prog, pool, env=None):
     text = explain(blob)
     assert text.count("\n[") == len(p.objects) and "init:" in text
     pooled = [o for o in res.objects if not o.is_glibc]
-    placed, copies = [], {}
-    for o in pooled:                  # the same placements the plan got
-        key = limage.image_key(o.elf)
-        n = copies[key] = copies.get(key, -1) + 1
-        placed.append(pool.place(o, n))
+    placed = list(placements(res.objects, pool).values())    # the placements the plan got
     assert [pl.map_start for pl in placed] == [o["map_start"] for o in p.objects]
     assert len(p.objects) == len(pooled)
     for so in (p.string(g) for g in p.glibc):
