@@ -34,9 +34,7 @@ class Acquisition:
 def set_lease(plan, lease):
     if len(plan) < HDR_SIZE or plan[:8] != b"LDPPLAN1":
         raise BrokerError("plan builder returned something that is not a plan")
-    b = bytearray(plan)
-    struct.pack_into("<Q", b, LEASE_OFF, lease)
-    return bytes(b)
+    return b"".join((plan[:LEASE_OFF], struct.pack("<Q", lease), plan[LEASE_OFF + 8:]))
 
 
 def _stat_id(path):

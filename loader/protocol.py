@@ -113,6 +113,11 @@ class FrameDecoder:
 
     def feed(self, data):
         """Append bytes; return the list of complete (op, payload) frames."""
+        if not self._buf and len(data) >= 8:
+            # the common case: exactly one whole request in one read
+            length, op = HEADER.unpack_from(data)
+            if len(data) == 8 + length and length <= MAX_PAYLOAD:
+                return [(op, bytes(data[8:]))]
         self._buf += data
         frames = []
         buf = self._buf
