@@ -40,7 +40,8 @@ def add_arguments(p):
                    help="fail instead of running an unpoolable program under plain ld.so")
     p.add_argument("--explain", action="store_true",
                    help="print the plan PROG would get (from a private pool) instead of running it")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="PROG ARGS...")
+    # not "command": the top-level parser keeps the subcommand's name there
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="PROG ARGS...")
 
 
 def find_program(prog, path=None):
@@ -111,7 +112,7 @@ def check_program(path, env):
 
 
 def run(args):
-    cmd = list(args.command)
+    cmd = list(args.argv)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:

@@ -94,6 +94,7 @@ def test_bad_programs(env, tmp_path):
     noexec.write_bytes(data)
     noexec.chmod(0o644)
     one_line_error(ldrun(str(noexec), env=env), "permission denied")
+    one_line_error(ldrun(env=env), "no program given")
 
 
 def test_fallbacks(env, tmp_path):
