@@ -1,7 +1,8 @@
 """`ldpool ldd`: list what a program or library loads, in the format of
 `ld.so --list` / ldd (resolution as an explicit `ld.so FILE` does it:
 LD_TRACE_LOADED_OBJECTS semantics, missing libraries listed as
-"NAME => not found").  Addresses are ldpool placements when known, else 0.
+"NAME => not found").  Addresses are where a running broker placed the
+library (its pool image's start), else 0.
 Exit status: 0, or 1 when a file could not be listed or a library is missing.
 """
 import json
@@ -19,8 +20,34 @@ def add_arguments(p):
     p.add_argument("files", nargs="+", metavar="FILE", help="program or shared library")
 
 
+def broker_placements(timeout=2.0):
+    """{real path: map start} of the images a running broker holds this
+    epoch ($LDPOOL_SOCKET or the default socket); {} when none answers.
+    Never starts a broker: ldd only reports."""
+    from loader import client
+    try:
+        conn = client.connect(start_embedded=False, name="ldd", timeout=timeout)
+    except (LdpoolError, OSError):
+        return {}
+    try:
+        images = conn.stats().get("images", [])
+    except (LdpoolError, OSError, ValueError):
+        return {}
+    finally:
+        conn.close()
+    out = {}
+    for im in images:
+        try:
+            out[os.path.realpath(im["path"])] = int(im["map_start"], 16)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 def _addr(placements, obj):
-    return placements.get(obj.path, 0) if placements and obj is not None else 0
+    if not placements or obj is None or obj.is_glibc:
+        return 0
+    return placements.get(obj.realpath, 0)
 
 
 def format_listing(res, placements=None):
@@ -62,6 +89,7 @@ def as_json(path, res, placements=None):
 def run(args):
     files = sp.FileCache()
     env = os.environ
+    placements = broker_placements()
     status = 0
     out = []
     several = len(args.files) > 1
@@ -92,11 +120,11 @@ def run(args):
         if res.missing or res.version_errors:
             status = 1
         if args.json:
-            out.append(as_json(path, res))
+            out.append(as_json(path, res, placements))
             continue
         if several:
             print(f"{path}:")
-        print("\n".join(format_listing(res)))
+        print("\n".join(format_listing(res, placements)))
         if bindings is not None:
             sys.stdout.flush()
             bindings(res, file=sys.stdout)

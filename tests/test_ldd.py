@@ -276,3 +276,26 @@ def test_system_programs_started_by_the_kernel_match():
     print(f"\n  exec'd programs: {len(progs)} equal={equal} skipped(set-id, not traceable)={skipped}")
     assert not bad, bad[:3]
     assert equal > 0.9 * len(progs)
+
+
+def test_addresses_from_a_running_broker(tmp_path):
+    """With a broker holding images, ldd shows where they are placed (the
+    image's start, as ld.so shows a library's first mapped address); glibc's
+    family stays with ld.so and shows 0."""
+    from broker_helpers import BrokerProc
+    b = BrokerProc(tmp_path / "b", linger=60).start()
+    try:
+        with b.connect(name="test") as conn:
+            conn.acquire_program("/usr/bin/xz", env={})
+            images = {os.path.realpath(im["path"]): int(im["map_start"], 16) for im in b.stats()["images"]}
+            r = run_ldpool("ldd", "/usr/bin/xz", env=dict(os.environ, LDPOOL_SOCKET=b.socket))
+        lzma = os.path.realpath("/lib/x86_64-linux-gnu/liblzma.so.5")
+        assert images.get(lzma)
+        lines = r.stdout.splitlines()
+        assert f"\tliblzma.so.5 => /lib/x86_64-linux-gnu/liblzma.so.5 (0x{images[lzma]:016x})" in lines
+        assert "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x0000000000000000)" in lines
+        # no broker there: zeros, and none is started
+        r = run_ldpool("ldd", "/usr/bin/xz", env=dict(os.environ, LDPOOL_SOCKET=str(tmp_path / "none.sock")))
+        assert "(0x0000000000000000)" in r.stdout.splitlines()[1] and not (tmp_path / "none.sock").exists()
+    finally:
+        b.cleanup()
