@@ -112,8 +112,10 @@ def object_fixups(ctx, k):
             return
         if tgt == T_UNDEF:
             if t == R_JUMP_SLOT and lazy_ok:
-                # ld.so would only fail at the first call
-                fs.add(addr, pf.FIX_ABS64, addend=0)
+                # ld.so would only fail at the first call: the launcher binds
+                # a missing function import of a lazy object to a stub that
+                # reports it then
+                fs.add(addr, pf.FIX_SYM64, glibc_import(s, pf.IMP_FUNC, False))
                 return
             raise undefined_error(elf, elf.symbol(s).name)
         glibc = tgt >= 0 and entries[tgt][2]

@@ -222,7 +222,7 @@ def test_init_order_is_glibcs(prog, args, pool):
 
 def test_undefined_symbol_is_an_error(tmp_path, pool):
     (tmp_path / "a.c").write_text("extern void missing_symbol_xyz(void); void a(void) { missing_symbol_xyz(); }\n")
-    (tmp_path / "m.c").write_text("void a(void); int main(void) { return 0; }\nvoid unused(void) { a(); }\n")
+    (tmp_path / "m.c").write_text("void a(void); int main(int argc, char **argv) { if (argc > 1) a(); return 0; }\n")
     cc = ["cc", "-fPIC", "-O0"]
     for now, name in ((True, "now"), (False, "lazy")):
         d = tmp_path / name
@@ -237,7 +237,17 @@ def test_undefined_symbol_is_an_error(tmp_path, pool):
                 build_plan(res, pool)
             assert ResolveError.exit_code == 127
         else:
-            build_plan(res, pool)       # ld.so would only fail at the call
+            # ld.so fails only at the call
+            p = pf.unpack(build_plan(res, pool))
+            lib = p.objects[1]
+            imps = {p.string(p.imports[f[2]][0]): p.imports[f[2]][2]
+                    for f in p.fixups[lib["fix_first"]:lib["fix_first"] + lib["fix_count"]] if f[1] == pf.FIX_SYM64}
+            assert imps["missing_symbol_xyz"] == pf.IMP_FUNC
+            assert via_launcher(d, [str(d / "exe")]).returncode == 0
+            called = via_launcher(d, [str(d / "exe"), "call"])
+            native = subprocess.run([d / "exe", "call"], capture_output=True, text=True)
+            assert called.returncode == native.returncode == 127
+            assert b"undefined symbol: missing_symbol_xyz" in called.stderr
 
 
 def test_tls_blocks(tmp_path, pool):
