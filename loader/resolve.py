@@ -120,7 +120,8 @@ class SearchContext:
         self.env = env
         self.cwd = os.path.abspath(cwd or os.getcwd())
         self.secure = secure
-        self.hw = hw or _hwcaps.detect(env)
+        # set-id programs ignore the hwcap tunables (SXID_ERASE) as they ignore LD_LIBRARY_PATH
+        self.hw = hw or _hwcaps.detect({} if secure else env)
         self.cache = ldcache or _ldcache.default_cache(self.hw)
         self.files = files or shared_files()
         self.llp_text = None if secure else env.get("LD_LIBRARY_PATH")
