@@ -61,7 +61,7 @@ class RefCounts:
         elif lease_id in self.leases:
             raise KeyError(f"lease {lease_id} is already held")
         lease = Lease(lease_id, client, list(keys), context)
-        self._inc(lease.keys)
+        self._inc([k for k in lease.keys if k is not None])
         self.leases[lease_id] = lease
         self.by_client.setdefault(client, set()).add(lease_id)
         return lease

@@ -236,7 +236,8 @@ class Broker:
     def _note_uid(self, client, keys):
         images = self.state.store.images
         for k in keys:
-            images[k].uids.add(client.uid)
+            if k is not None:
+                images[k].uids.add(client.uid)
 
     def _lease(self, client, req):
         lid = req.int("lease")
@@ -286,7 +287,14 @@ class Broker:
         lid = req.int("lease")
         keys = []
         for a in req.all("addr"):
-            rec = st.store.lookup_addr(int(a, 16))
+            try:
+                addr = int(a, 16)
+            except ValueError:
+                raise P.ProtocolError("addr= must be hexadecimal") from None
+            if addr == 0:                   # a dlclose'd object: keeps later indices
+                keys.append(None)
+                continue
+            rec = st.store.lookup_addr(addr)
             if rec is None or rec.state != "live":
                 raise BrokerError(f"address {os.fsdecode(a)} is in no image of this epoch")
             keys.append(rec.key)
@@ -295,7 +303,7 @@ class Broker:
         st.refs.new_lease(client.id, keys, None, lease_id=lid)
         self._note_uid(client, keys)
         self.log(f"client {client.id} reclaimed lease {lid} ({len(keys)} objects)")
-        return P.encode_kv([("lease", lid), ("objects", len(keys))])
+        return P.encode_kv([("lease", lid), ("objects", sum(k is not None for k in keys))])
 
     _handlers = {P.HELLO: _hello, P.ACQUIRE_PROGRAM: _acquire_program,
                  P.ACQUIRE_LIBRARY: _acquire_library, P.RELEASE: _release, P.STATS: _stats,

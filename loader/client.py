@@ -107,6 +107,11 @@ class Connection:
         self.request(P.RELEASE, P.encode_kv(pairs))
         if not objects:
             self.leases.pop(lease, None)
+        else:
+            held = self.leases.get(lease, [])
+            for i in objects:
+                if 0 <= i < len(held):
+                    held[i] = 0             # a hole: RECLAIM keeps later indices
 
     def stats(self):
         return json.loads(self.request(P.STATS))

@@ -353,3 +353,26 @@ def test_corrupted_image_is_quarantined_and_rebuilt(tmp_path):
             assert subprocess.run(["xz", "-dc"], input=out, capture_output=True).stdout == b"rebuilt\n"
     finally:
         b.cleanup()
+
+
+def test_reclaim_keeps_global_indices_after_dlclose(tmp_path):
+    b = BrokerProc(tmp_path / "d", linger=60).start()
+    try:
+        c = b.connect()
+        plan = c.acquire_program("/usr/bin/gzip")
+        lease = C.plan_lease(plan)
+        n0 = len(C.plan_objects(plan))
+        z = C.plan_objects(c.acquire_library(lease, "libz.so.1"))[0][1]
+        x = C.plan_objects(c.acquire_library(lease, "liblzma.so.5"))[0][1]
+        c.release(lease, objects=[n0])                  # dlclose(libz)
+        b.kill(signal.SIGKILL)
+        b.start()
+        assert c.reconnect() == [lease]
+        refs = {int(im["map_start"], 16): im["refs"] for im in b.stats()["images"]}
+        assert refs[z] == 0 and refs[x] == 1
+        c.release(lease, objects=[n0 + 1])              # dlclose(liblzma): same index as before
+        refs = {int(im["map_start"], 16): im["refs"] for im in b.stats()["images"]}
+        assert refs[x] == 0 and sum(refs.values()) == n0
+        c.close()
+    finally:
+        b.cleanup()
