@@ -2,20 +2,22 @@
 object lives, how each of its pages is mapped, the per-process fixups,
 TLS, the glibc family to dlopen and the order of initialisers.
 
-    build_plan(resolution, source, ...) -> bytes
+    build_plan(resolution, source, ...) -> bytes          a program
+    build_dlopen_plan(resolution, new, source, first_index) -> bytes
+    placements(objects, source) -> {index: PlacedImage}    the images used
     plan_stats(plan) -> per-object page counts (shared / private / anon)
     explain(plan) -> text for humans (`python -m loader.plan PROG --explain`)
 
 Conventions the launcher relies on (beyond plan.h):
-  * objects are the non-glibc objects of the resolution, in load order;
-    global index = first_index + position;
+  * objects are the non-glibc objects planned, in load order; global
+    index = first_index + position (the lease's earlier objects keep theirs);
   * init lists the libraries (never the main program, whose DT_INIT and
     init arrays __libc_start_main runs) in the order glibc runs them;
     finalisers run in the reverse order, the main program's first;
   * a slot page is ANON, read-write: its SYM64 fixups fill the stubs' slots;
   * TLS: tls_tpoff is carved from the launcher's static reserve, the main
     program's block first (it ends at the thread pointer); tls_modid is
-    1 + global index;
+    1 + global index; in a dlopen plan tls_tpoff is 0 (dynamic TLS only);
   * fixups of one object are listed together; within an object in
     relocation order (COPY after the objects it copies from have been
     fixed, since objects are fixed in reverse load order).
@@ -57,9 +59,9 @@ def _array(elf, base, tag, sztag):
 
 
 def assign_tls(objs, pooled, start=0):
-    """{entry index: (tpoff, align)} with glibc's _dl_determine_tlsoffset
-    (TLS variant II) over the pooled objects in load order, from `start`
-    bytes already used; and the resulting (size, max align)."""
+    """({entry index: tpoff}, size, max align) with glibc's
+    _dl_determine_tlsoffset (TLS variant II) over the pooled objects in
+    load order, from `start` bytes already used."""
     offset, maxalign, out = start, 1, {}
     for k in pooled:
         tls = objs[k].elf.segment(PT_TLS)
