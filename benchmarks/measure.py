@@ -302,19 +302,20 @@ def paired(a_argv, b_argv, n, a_env=None, b_env=None, warmup=1, b_stderr=False, 
     }
 
 
-_TIMING = re.compile(r"ldpool-exec: timing (.*)")
+_TIMING = re.compile(r"ldpool-exec: timing(?: \(us\):)? (.*)")
 
 
 def parse_launcher_timing(stderr):
     """The launcher's own breakdown (LDPOOL_TIMING=1): one stderr line
-    `ldpool-exec: timing connect=12us map=30us ...` -> {"connect": 12.0, ...}
-    in microseconds, or None if the line is absent."""
+    `ldpool-exec: timing (us): broker=120 map=30 ...` (or `timing
+    connect=12us ...`) -> {"broker": 120.0, ...} in microseconds, or None
+    if the line is absent."""
     m = None
     for m in _TIMING.finditer(stderr or ""):
         pass
     if m is None:
         return None
-    return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)\s*us", m.group(1))}
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)(?:\s*us)?", m.group(1))}
 
 
 def median_breakdown(stderrs):

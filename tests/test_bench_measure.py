@@ -70,6 +70,10 @@ def test_launcher_timing_line():
     err = "noise\nldpool-exec: timing connect=12us map=30.5us fixups=7us init=100us\n"
     assert measure.parse_launcher_timing(err) == {"connect": 12.0, "map": 30.5, "fixups": 7.0, "init": 100.0}
     assert measure.parse_launcher_timing("nothing here") is None
+    # the launcher's own format (_native/launcher/main.c)
+    line = "ldpool-exec: timing (us): broker=1891 =0 check=2 glibc=15 map=48 fixups=54 init=0\n"
+    assert measure.parse_launcher_timing(line) == {"broker": 1891.0, "check": 2.0, "glibc": 15.0,
+                                                   "map": 48.0, "fixups": 54.0, "init": 0.0}
     assert measure.median_breakdown([err, err.replace("12us", "14us"), ""])["connect"] == 13.0
 
 
