@@ -61,7 +61,12 @@ def stats_for(broker, uid):
         clients.append({"id": c.id, "kind": c.kind, "pid": c.pid, "uid": c.uid, "name": c.name,
                         "leases": nl, "refs": nr,
                         "lease_ids": sorted(l.id for l in leases if l.client == c.id)})
-    tot.update(hidden_images=hidden, clients=len(broker.clients), hidden_clients=hidden_clients,
+    try:
+        refs.check()
+        consistent = True
+    except AssertionError:
+        consistent = False
+    tot.update(consistent=consistent, hidden_images=hidden, clients=len(broker.clients), hidden_clients=hidden_clients,
                leases=len(leases), pool_used=st.pool.extents.used_bytes,
                pool_resident=st.pool.resident_bytes())
     return {"proto": P.PROTO_VERSION, "epoch": st.epoch, "pool": st.pool_name,

@@ -107,6 +107,7 @@ def _check_exact(broker, states):
         got = per_pid[s["pid"]]
         assert sorted(got["lease_ids"]) == sorted(int(x) for x in s["leases"])
     assert st["totals"]["leases"] == sum(len(s["leases"]) for s in states)
+    assert st["totals"]["consistent"]          # the broker's own cross-check agrees
 
 
 def _check_empty(broker):
