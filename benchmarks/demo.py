@@ -3,7 +3,6 @@ it runs a handful of real programs through the pool, checks they behave as
 under ld.so, and prints a short table of memory per process and start-up
 time against ld.so, measured right then.  No root needed; the KSM
 comparison runs only where /sys/kernel/mm/ksm is writable."""
-import os
 import time
 
 from . import ksm, measure, runners
@@ -24,6 +23,9 @@ def add_arguments(p):
 def run(args):
     from rich.console import Console
     from rich.table import Table
+    # SIGTERM/SIGHUP unwind like Ctrl-C: clients killed, brokers stopped,
+    # KSM settings restored
+    ksm.raise_on_termination()
     console = Console()
     err = Console(stderr=True)
     rows_t, rows_m, notes = [], [], []

@@ -141,6 +141,13 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def raise_on_termination():
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt in this process, so
+    that every `finally` and context manager of a run gets to clean up."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+
+
 def merge_this_process():
     """prctl(PR_SET_MEMORY_MERGE, 1): every anonymous and private page of
     this process becomes a KSM candidate.  The flag survives exec on this

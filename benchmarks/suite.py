@@ -105,6 +105,9 @@ def write(res, out_dir):
 def run(args):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    # SIGTERM/SIGHUP unwind like Ctrl-C: clients killed, brokers stopped,
+    # KSM settings restored
+    ksm.raise_on_termination()
     out_dir = args.out or "ldpool-bench-" + time.strftime("%Y%m%d-%H%M%S")
     names = [n for n in SECTIONS if not args.only or n in args.only]
     console = Console(stderr=True)
