@@ -43,10 +43,12 @@ def _startup(res, plt):
     cold = [s["programs"][n].get("cold", {}).get("ratio_median") for n in names]
     x = range(len(names))
     if any(w is not None for w in warm):
-        ax.bar([i - 0.2 for i in x], [w or 0 for w in warm], 0.4, label="warm pool", color="tab:green")
-        ax.bar([i + 0.2 for i in x], [c or 0 for c in cold], 0.4, label="cold pool", color="tab:olive")
+        for off, vals, label, color in ((-0.2, warm, "warm pool", "tab:green"), (0.2, cold, "cold pool", "tab:olive")):
+            bars = ax.bar([i + off for i in x], [v or 0 for v in vals], 0.4, label=label, color=color)
+            ax.bar_label(bars, labels=[f"{v:.2f}" if v else "" for v in vals], fontsize=7)
         ax.axhline(1.0, color="tab:blue", lw=1, ls="--", label="ld.so = 1")
-        ax.set_ylabel("wall time, ldpool-exec / ld.so (median of pairs)")
+        ax.set_yscale("log")
+        ax.set_ylabel("wall time, ldpool-exec / ld.so\n(median of paired runs, log scale)")
         ax.legend(fontsize=8)
     else:
         ax.bar(list(x), [s["programs"][n]["ldso_median_s"] * 1e3 for n in names], 0.5,
@@ -80,11 +82,19 @@ def _memory(res, plt):
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, color=color)
                 else:
                     missing.append(label)
+            if field == "Pss":  # ldpool without its broker, for reference
+                pts = [(n, pres["by_N"][str(n)].get("ldpool", {})) for n in ns]
+                pts = [(n, e["per_process_kB"]["all"]["Pss"] / 1024) for n, e in pts if e.get("available")]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], ":", color="tab:green",
+                            label="ldpool clients alone (no broker)")
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)
             ax.set_xscale("log", base=2)
             ax.set_xticks(ns, [str(n) for n in ns])
             ax.set_xlabel("clients (N)")
-            ax.set_ylabel("MiB per process")
-            ax.set_ylim(bottom=0)
+            ax.set_ylabel("MiB per process" + (" (log scale)" if field == "Pss" else ""))
             ax.set_title(title, fontsize=9)
             ax.legend(fontsize=8)
             if missing:
@@ -151,7 +161,8 @@ def _relocation(res, plt):
         libs = libs + [l.split(".so")[0] + " (engine)" for l in eng]
         x = range(len(libs))
     ax.set_xticks(list(x), libs, fontsize=7, rotation=15)
-    ax.set_ylabel("million relocations / s")
+    ax.set_yscale("log")
+    ax.set_ylabel("million relocations / s (log scale)")
     ax.legend(fontsize=8)
     ax.set_title("Relocation throughput")
     yield "relocation.png", fig
