@@ -173,13 +173,17 @@ def _broker(res, plt):
     if not b or not b.get("latency"):
         return
     pts = [(int(n), e) for n, e in b["latency"].items() if e.get("available")]
+    paced = [(int(n), e) for n, e in b.get("latency_paced", {}).items() if e.get("available")]
     if not pts:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    for series, tag, color in ((pts, "back to back", "tab:purple"), (paced, "paced", "tab:green")):
+        if not series:
+            continue
+        ns = [n for n, _ in series]
+        for q, ls in (("p50", "o-"), ("p99", "s--")):
+            ax.plot(ns, [e["acquire_us"][q] for _, e in series], ls, label=f"acquire {q}, {tag}", color=color)
     ns = [n for n, _ in pts]
-    for q, ls in (("p50", "o-"), ("p99", "s--")):
-        ax.plot(ns, [e["acquire_us"][q] for _, e in pts], ls, label=f"acquire {q}", color="tab:green")
-        ax.plot(ns, [e["release_us"][q] for _, e in pts], ls, label=f"release {q}", color="tab:purple")
     ax.axhline(1000, color="gray", lw=1, ls=":", label="1 ms target (p99)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])

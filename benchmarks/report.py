@@ -280,14 +280,18 @@ def _broker(b):
     if not b.get("available"):
         return L + [f"{NA}: {_why(b.get('reason'))}", ""]
     L += [f"ACQUIRE_PROGRAM/RELEASE of {b['program']} (images already pooled), {b['iterations_per_client']} "
-          "round trips per client, clients in separate processes started together.", "",
-          "| clients | acquire p50 | acquire p99 | release p50 | release p99 | ping p99 |", "|---:|---:|---:|---:|---:|---:|"]
-    for n, e in b["latency"].items():
-        if not e.get("available"):
-            L.append(f"| {n} | {NA}: {e.get('reason')} | | | | |")
-            continue
-        L.append(f"| {n} | {e['acquire_us']['p50']} us | {e['acquire_us']['p99']} us | {e['release_us']['p50']} us | "
-                 f"{e['release_us']['p99']} us | {e['ping_us']['p99']} us |")
+          "round trips per client, clients in separate Python processes started together. *Back to back*: no "
+          "pause between round trips, so with many clients on this machine's CPUs a round trip mostly waits "
+          f"for a CPU. *Paced*: a random 0-{2 * b.get('pace_ms', 0):.0f} ms pause before each round trip.", "",
+          "| clients | mode | acquire p50 | acquire p99 | release p50 | release p99 | ping p99 |",
+          "|---:|---|---:|---:|---:|---:|---:|"]
+    for key, mode in (("latency", "back to back"), ("latency_paced", "paced")):
+        for n, e in b.get(key, {}).items():
+            if not e.get("available"):
+                L.append(f"| {n} | {mode} | {NA}: {e.get('reason')} | | | | |")
+                continue
+            L.append(f"| {n} | {mode} | {e['acquire_us']['p50']} us | {e['acquire_us']['p99']} us | "
+                     f"{e['release_us']['p50']} us | {e['release_us']['p99']} us | {e['ping_us']['p99']} us |")
     c = b.get("churn", {})
     if c.get("available"):
         L += ["", f"Kill churn: {c['iterations']} clients SIGKILLed at random moments ({c['kills_per_s']}/s); "
