@@ -22,9 +22,10 @@ OK, SKIP, FATAL = 0, 1, 2
 
 
 class FileCache:
-    """Directory listings, header checks and open ELF files, keyed by path
-    (and by device/inode for the ELF files).  Not invalidated: make a new
-    one when the file system may have changed."""
+    """Directory listings, header checks and open ELF files.  Every answer
+    is checked against a stat() of the directory or file (inode, mtime,
+    size), so a library rebuilt or a file added since is seen; what is
+    saved is the listing, the open/read and the ELF parse."""
 
     def __init__(self):
         self._dirs = {}
@@ -33,15 +34,20 @@ class FileCache:
 
     def listdir(self, path):
         """Names in directory `path` (absolute), or None if it is not one."""
+        path = path or "/"
         try:
-            return self._dirs[path]
-        except KeyError:
-            pass
+            st = os.stat(path)
+        except OSError:
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns)
+        hit = self._dirs.get(path)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
         try:
-            names = frozenset(os.listdir(path or "/"))
+            names = frozenset(os.listdir(path)) if stat.S_ISDIR(st.st_mode) else None
         except OSError:
             names = None
-        self._dirs[path] = names
+        self._dirs[path] = (stamp, names)
         return names
 
     def exists_in_dir(self, path):
@@ -54,14 +60,18 @@ class FileCache:
         searching (missing, unreadable, other class or machine), or
         (FATAL, message) for a file ld.so stops at."""
         try:
-            return self._verdict[path]
-        except KeyError:
-            pass
-        v = self._verify(path)
-        self._verdict[path] = v
+            st = os.stat(path)
+            stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        hit = self._verdict.get(path)
+        if hit is not None and hit[0] == stamp and stamp is not None:
+            return hit[1]
+        v = self._verify(path, stamp)
+        self._verdict[path] = (stamp, v)
         return v
 
-    def _verify(self, path):
+    def _verify(self, path, stamp):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -78,7 +88,7 @@ class FileCache:
         problem = header_problem(head)
         if problem is not None:
             return problem
-        key = (st.st_dev, st.st_ino)
+        key = stamp or (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         elf = self._elf.get(key)
         if elf is None:
             try:
