@@ -335,3 +335,20 @@ def test_corrupt_files_give_ldpool_errors_only(tmp_path):
             assert "\n" not in str(e)
             outcomes["error"] += 1
     assert outcomes["ok"] and outcomes["error"]
+
+
+def test_rebuilt_library_is_seen_without_clearing_caches(tmp_path):
+    """The shared file cache checks what it remembers against the file
+    system: a library rebuilt in place, or one added, counts at once."""
+    t = Tree(tmp_path)
+    t.lib("lib/libr.so")
+    prog = t.exe("bin/r", needs=[t.p("lib/libr.so")], rpath="$ORIGIN/../lib")
+    res = resolve_program(prog, env=BASE_ENV)
+    assert not res.missing and res.objects[1].soname == "libr.so"
+    t.lib("lib/libr.so", soname="librenamed.so")  # same path, new file
+    res = resolve_program(prog, env=BASE_ENV)
+    assert res.objects[1].soname == "librenamed.so"
+    os.unlink(t.p("lib/libr.so"))
+    assert [m.name for m in resolve_program(prog, env=BASE_ENV).missing] == ["libr.so"]
+    t.lib("lib/libr.so")
+    assert not resolve_program(prog, env=BASE_ENV).missing
