@@ -16,7 +16,7 @@ from loader.resolve import VDSO_NAME, SearchContext, resolve_program
 
 def add_arguments(p):
     p.add_argument("--json", action="store_true", help="machine-readable output (a JSON list, one entry per FILE)")
-    p.add_argument("--bindings", action="store_true", help="also print which object each symbol reference binds to")
+    p.add_argument("--bindings", action="store_true", help="instead of the listing, print the symbol bindings the non-glibc objects need at start, as LD_BIND_NOW=1 LD_DEBUG=bindings does")
     p.add_argument("files", nargs="+", metavar="FILE", help="program or shared library")
 
 
@@ -124,10 +124,10 @@ def run(args):
             continue
         if several:
             print(f"{path}:")
-        print("\n".join(format_listing(res, placements)))
         if bindings is not None:
-            sys.stdout.flush()
             bindings(res, file=sys.stdout)
+        else:
+            print("\n".join(format_listing(res, placements)))
     if args.json:
         json.dump(out, sys.stdout, indent=1)
         print()

@@ -212,15 +212,28 @@ def test_json_output(tree):
     assert "no such file" in data[2]["error"]
 
 
-def test_bindings_flag():
-    r = run_ldpool("ldd", "--bindings", "/bin/true")
-    assert "Traceback" not in r.stderr
-    try:
-        import loader.bindings  # noqa: F401
-    except ImportError:
-        assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "bindings" in r.stderr
-    else:
-        assert r.stdout.startswith("\tlinux-vdso.so.1")
+def test_bindings_flag(tmp_path):
+    """`ldd --bindings` prints exactly glibc's start-up binding lines of the
+    program's non-glibc objects (LD_BIND_NOW=1 LD_DEBUG=bindings, no PID)."""
+    prog = "/usr/bin/xz"
+    r = run_ldpool("ldd", "--bindings", prog)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    ours = r.stdout.splitlines()
+    assert ours and all(l.startswith("binding file ") for l in ours)
+    env = dict(os.environ, LD_BIND_NOW="1", LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(tmp_path / "dbg"))
+    env.pop("LD_PRELOAD", None)
+    env.pop("LD_LIBRARY_PATH", None)
+    p = subprocess.Popen([prog, "--version"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p.wait(timeout=60)
+    theirs = set()
+    with open(tmp_path / f"dbg.{p.pid}") as f:
+        for line in f:
+            if "binding file " in line:
+                theirs.add(line.split("\t", 1)[1].rstrip("\n"))
+    requesters = {l[len("binding file "):].split(" [0] to ", 1)[0] for l in ours}
+    assert requesters == {prog, "/lib/x86_64-linux-gnu/liblzma.so.5"}
+    theirs = {l for l in theirs if l[len("binding file "):].split(" [0] to ", 1)[0] in requesters}
+    assert set(ours) == theirs and len(ours) == len(set(ours))
 
 
 def test_many_files_per_process_are_fast():
