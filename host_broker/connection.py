@@ -19,6 +19,7 @@ class Connection(asyncio.Protocol):
         self.decoder = P.FrameDecoder()
         self.queue = collections.deque()
         self.busy = False
+        self.write_paused = False
         self.closing = False
 
     def connection_made(self, transport):
@@ -52,7 +53,8 @@ class Connection(asyncio.Protocol):
         if self.closing or fut.cancelled():
             return
         self._send(op, *fut.result())
-        self.t.resume_reading()
+        if not self.write_paused:
+            self.t.resume_reading()
         self._run()
 
     def _send(self, op, reply, fd):
@@ -69,6 +71,16 @@ class Connection(asyncio.Protocol):
         if op not in P.REQUEST_OPS:          # framing error: answered, then closed
             self.closing = True
             self.t.close()
+
+    # a client that does not read its replies is not read from either
+    def pause_writing(self):
+        self.write_paused = True
+        self.t.pause_reading()
+
+    def resume_writing(self):
+        self.write_paused = False
+        if not self.busy:
+            self.t.resume_reading()
 
     def connection_lost(self, exc):
         self.closing = True

@@ -406,3 +406,35 @@ def test_one_broker_per_pool(broker, tmp_path, ldpool_bin):
     assert r.stderr.count("\n") == 1
     with broker.connect() as c:
         c.acquire_program("/usr/bin/gzip")
+
+
+def _rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+
+def test_client_that_never_reads_is_not_read_either(broker):
+    """Back-pressure: a client pipelining requests without reading replies
+    costs the broker a bounded buffer, and everyone else is still served."""
+    with broker.connect() as c:
+        c.acquire_program("/usr/bin/xz")            # a cached plan of ~7 KB
+    s = raw(broker)
+    s.setblocking(False)
+    req = P.frame(P.ACQUIRE_PROGRAM, P.encode_kv({"path": "/usr/bin/xz", "argv0": "xz", "cwd": "/"}))
+    before = _rss_kib(broker.proc.pid)
+    batch, sent = req * 500, 0
+    try:
+        while sent < 100_000:
+            sent += s.send(batch) // len(req)
+    except BlockingIOError:
+        pass
+    time.sleep(3)
+    grown = _rss_kib(broker.proc.pid) - before
+    # without back-pressure it would drain the ~3,000 queued requests and
+    # buffer ~20 MB of replies
+    assert grown < 8 << 10, f"broker grew by {grown} KiB"
+    with broker.connect() as c:
+        c.ping()
+        c.acquire_program("/usr/bin/gzip")
+    s.close()
