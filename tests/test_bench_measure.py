@@ -38,11 +38,13 @@ def test_smaps_attribution_of_llc(llc_client):
     assert libc and libc[0]["kind"] == "glibc"
     assert tot["objects"]["Private_Dirty"] <= tot["all"]["Private_Dirty"]
     assert tot["objects_file"]["Private_Dirty"] < tot["objects"]["Private_Dirty"]
-    assert tot["all"]["USS"] == tot["all"]["Private_Clean"] + tot["all"]["Private_Dirty"]
+    assert tot["all"]["USS"] == pytest.approx(tot["all"]["Private_Clean"] + tot["all"]["Private_Dirty"])
     # the same totals as the kernel's own rollup
     with open(f"/proc/{llc_client}/smaps_rollup") as f:
         rollup = {l.split(":")[0]: int(l.split()[1]) for l in f if l.split()[0].endswith(":") and "kB" in l}
-    assert tot["all"]["Rss"] == rollup["Rss"]
+    # (a .bss merged with a neighbouring anonymous mapping is split in
+    # fractional shares, hence approx)
+    assert tot["all"]["Rss"] == pytest.approx(rollup["Rss"], abs=0.5)
     assert abs(tot["all"]["Pss"] - rollup["Pss"]) <= len(objs) + 8  # per-mapping rounding
 
 
