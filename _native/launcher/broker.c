@@ -18,6 +18,7 @@
 
 int ldp_broker_fd = -1, ldp_pool_fd = -1;
 int ldp_debug_mode;
+int ldp_keep_preload;
 const char *ldp_socket_opt;
 static uint64_t pool_size_from_hello;
 
@@ -262,7 +263,8 @@ void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *le
     put(&b, "argv0", argv0);
     put(&b, "cwd", getcwd(cwd, sizeof cwd) ? cwd : "/");
     for (char **e = environ; *e; e++)
-        if (strncmp(*e, "LD_", 3) == 0) put(&b, "env", *e);
+        if (strncmp(*e, "LD_", 3) == 0 && !(ldp_keep_preload && strncmp(*e, "LD_PRELOAD=", 11) == 0))
+            put(&b, "env", *e);
     const char *pre = getenv("LDPOOL_PRELOAD");
     if (pre) {
         char *v = malloc(strlen(pre) + 12);

@@ -121,6 +121,7 @@ void ldp_gdb_sync(void);              /* debugger.c */
 /* ---- broker client (broker.c) ---- */
 extern int ldp_broker_fd, ldp_pool_fd;
 extern int ldp_debug_mode;           /* --plan/--pool: no broker */
+extern int ldp_keep_preload;         /* LD_PRELOAD stays with ld.so (interposers) */
 int ldp_broker_connect(char *err, size_t errlen);
 void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, int *connect_failed,
                                  char *err, size_t errlen);

@@ -157,6 +157,21 @@ static void run_script(char **argv, int i, char *line, const char *path)
     ldp_die(127, "cannot re-run the launcher: %s", strerror(errno));
 }
 
+/* Does something ld.so preloaded into the launcher replace glibc internals? */
+static int preload_interposes(void)
+{
+    static const char *const alloc[] = {"malloc", "free", "calloc", "realloc", "memalign", "posix_memalign",
+                                        "aligned_alloc", "malloc_usable_size", NULL};
+    static const char *const runtimes[] = {"__asan_init", "__tsan_init", "__msan_init", "__lsan_init",
+                                           "__hwasan_init", NULL};
+    void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    for (int i = 0; alloc[i]; i++)
+        if (libc && dlsym(RTLD_DEFAULT, alloc[i]) != dlsym(libc, alloc[i])) return 1;
+    for (int i = 0; runtimes[i]; i++)
+        if (dlsym(RTLD_DEFAULT, runtimes[i])) return 1;
+    return 0;
+}
+
 /* Broker errors that mean "ldpool cannot do this yet", not "this program
  * cannot run": those fall back to ld.so. */
 static int unsupported(const char *err)
@@ -182,7 +197,12 @@ int main(int argc, char **argv, char **envp)
      * must get them from the pool instead (once, in its own scope): start
      * again without them, remembering them for the plan and the program */
     const char *pre = getenv("LD_PRELOAD");
-    if (pre && *pre) {
+    if (pre && *pre && preload_interposes()) {
+        /* a malloc replacement or sanitizer runtime: glibc is already bound
+         * to it, so it stays with ld.so; pooled code binds to it through
+         * dlvsym(RTLD_DEFAULT) like to any glibc symbol */
+        ldp_keep_preload = 1;
+    } else if (pre && *pre) {
         setenv("LDPOOL_PRELOAD", pre, 1);
         unsetenv("LD_PRELOAD");
         execv("/proc/self/exe", argv);

@@ -88,8 +88,13 @@ void ldp_objects_add(struct ldp_plan *p)
 {
     uint32_t need = p->first_index + p->h->nobj;
     if (need > cap) {
-        cap = need + 16;
-        ldp_objs = realloc(ldp_objs, sizeof *ldp_objs * cap);
+        /* other threads read the registry without the dl* lock (unwinding,
+         * __tls_get_addr): the old array and records are never freed */
+        uint32_t ncap = need + 16;
+        struct ldp_rt **n = calloc(ncap, sizeof *n);
+        if (ldp_objs) memcpy(n, ldp_objs, sizeof *n * cap);
+        __atomic_store_n(&ldp_objs, n, __ATOMIC_RELEASE);
+        cap = ncap;
     }
     for (uint32_t i = 0; i < p->h->nobj; i++) {
         uint32_t g = p->first_index + i;
@@ -104,15 +109,10 @@ void ldp_objects_add(struct ldp_plan *p)
         r->lm.l_name = (char *)((r->o->flags & LDP_OBJ_MAIN) ? "" : r->path);
         r->lm.l_ld = (Elf64_Dyn *)r->o->l_ld;
         r->global = 1;
-        if (g < ldp_nobj && ldp_objs[g]) {
-            /* a reused index (object unloaded and loaded again) */
-            free(ldp_objs[g]->deps);
-            free(ldp_objs[g]);
-        }
-        ldp_objs[g] = r;
+        __atomic_store_n(&ldp_objs[g], r, __ATOMIC_RELEASE);   /* a reused index keeps the old record alive */
         if (r->o->flags & LDP_OBJ_MAIN) ldp_main = g;
     }
-    if (need > ldp_nobj) ldp_nobj = need;
+    if (need > ldp_nobj) __atomic_store_n(&ldp_nobj, need, __ATOMIC_RELEASE);
 }
 
 /* Called once mapped: the dynamic sections are readable now. */
