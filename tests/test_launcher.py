@@ -370,3 +370,25 @@ def _put(b, off, fmt, v):
     b = bytearray(b)
     struct.pack_into("<" + fmt, b, off, v)
     return bytes(b)
+
+
+def test_preloaded_malloc_replacement(env, tmp_path):
+    """A preloaded malloc replacement stays with ld.so (glibc is bound to
+    it already) and the pooled program's allocations go through it too."""
+    (tmp_path / "m.c").write_text(textwrap.dedent("""
+        #include <stddef.h>
+        #include <stdio.h>
+        extern void *__libc_malloc(size_t), *__libc_calloc(size_t, size_t), *__libc_realloc(void *, size_t);
+        extern void __libc_free(void *);
+        static unsigned long n;
+        void *malloc(size_t s) { n++; return __libc_malloc(s); }
+        void free(void *p) { __libc_free(p); }
+        void *calloc(size_t a, size_t b) { n++; return __libc_calloc(a, b); }
+        void *realloc(void *p, size_t s) { n++; return __libc_realloc(p, s); }
+        __attribute__((destructor)) static void d(void) { fprintf(stderr, "replacement %s\\n", n ? "used" : "unused"); }
+    """))
+    subprocess.run(["gcc", "-O2", "-fPIC", "-shared", "-o", "libm2.so", "m.c"], check=True, cwd=tmp_path)
+    need("sqlite3")
+    e = dict(env, LD_PRELOAD=str(tmp_path / "libm2.so"))
+    r = same(["sqlite3", ":memory:", "select group_concat(value) from generate_series(1, 50);"], e, stderr_too=True)
+    assert r.stderr == b"replacement used\n"
