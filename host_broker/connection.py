@@ -38,7 +38,7 @@ class Connection(asyncio.Protocol):
         self._run()
 
     def _run(self):
-        while self.queue and not self.busy and not self.closing:
+        while self.queue and not self.busy and not self.closing and not self.write_paused:
             op, payload = self.queue.popleft()
             out = self.broker._dispatch(self.client, op, payload)
             if isinstance(out, tuple):
@@ -81,6 +81,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         if not self.busy:
             self.t.resume_reading()
+            self._run()
 
     def connection_lost(self, exc):
         self.closing = True
