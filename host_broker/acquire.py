@@ -123,9 +123,10 @@ class Acquirer:
             check_public(pooled)             # before any byte of them enters the pool
         blob = plan.build_plan(res, self.store, argv0=argv0)
         params = (path, argv0, cwd, env, preload)
-        keys = [self.store.place(o).key for o in pooled]
+        # identical files loaded as two objects hold two images (instances)
+        keys = [p.key for p in plan.placements(res.objects, self.store).values()]
         # a changed ld.so.cache may resolve differently
-        files = [(p, _stat_id(p)) for p in [o.path for o in pooled] + ["/etc/ld.so.cache"]
+        files = [(p, _stat_id(p)) for p in [o.elf.path for o in pooled] + ["/etc/ld.so.cache"]
                  if os.path.exists(p)]
         return Acquisition(blob, keys, params, files)
 
@@ -155,8 +156,10 @@ class Acquirer:
         if self.public_only:
             check_public(pooled)
         blob = plan.build_dlopen_plan(res, new, self.store, first_index=first)
-        return Acquisition(blob, [self.store.place(o).key for o in pooled],
-                           files=[(o.path, _stat_id(o.path)) for o in pooled])
+        placed = plan.placements(res.objects, self.store)
+        pos = {id(o): k for k, o in enumerate(res.objects)}
+        return Acquisition(blob, [placed[pos[id(o)]].key for o in pooled],
+                           files=[(o.elf.path, _stat_id(o.elf.path)) for o in pooled])
 
 
 def check_public(objs):
@@ -165,7 +168,7 @@ def check_public(objs):
     by its owner alone would be disclosed to the group."""
     for o in objs:
         try:
-            mode = os.stat(o.path).st_mode
+            mode = os.stat(o.elf.path).st_mode
         except OSError as e:
             raise BrokerError(f"{o.path}: {e.strerror}") from None
         if not mode & 0o004:
