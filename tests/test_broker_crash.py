@@ -120,7 +120,8 @@ def _check_empty(broker):
     assert all(im["refs"] == 0 for im in st["images"])
     st = wait_for(lambda: (lambda s: s if not s["images"] else None)(broker.stats()),
                   what="eviction of every image")
-    assert st["pool_used"] == 0
+    assert st["pool_used"] == 0 and st["totals"]["window_used"] == 0
+    st["totals"]["consistent"] or pytest.fail("refcounts inconsistent")
     assert st["totals"]["pool_resident"] <= _header_resident()   # the header page only
 
 
