@@ -31,7 +31,8 @@ struct ldp_plan {
     uint64_t *imp_addr;          /* resolved imports (fixup.c) */
     uint32_t first_index;
 };
-/* Bounds-check everything; returns -1 with a one-line reason in err. */
+/* Bounds-check everything; -1 with a one-line reason in err for a bad plan,
+ * -2 for a valid plan this launcher cannot honour (static TLS too big). */
 int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t pool_size,
                    char *err, size_t errlen);
 static inline const char *ldp_str(const struct ldp_plan *p, uint32_t off) { return p->str + off; }

@@ -257,14 +257,20 @@ int main(int argc, char **argv, char **envp)
     }
     lap(1);
     struct ldp_plan *p = malloc(sizeof *p);
-    if (ldp_plan_check(p, buf, len, pool_size, err, sizeof err) < 0) ldp_die(127, "bad plan: %s", err);
+    int ok = ldp_plan_check(p, buf, len, pool_size, err, sizeof err);
+    if (ok == -2 && !nofallback && !planfile) fallback(path, argv + i, err, 0);
+    if (ok < 0) ldp_die(127, "%s%s", ok == -2 ? "" : "bad plan: ", err);
     lap(2);
     if (p->h->first_index != 0) ldp_die(127, "bad plan: not a program plan");
     for (uint32_t k = 0; k < p->h->nglibc; k++)
         if (!dlopen(ldp_str(p, p->glibc[k]), RTLD_NOW | RTLD_GLOBAL)) ldp_die(127, "%s", dlerror());
     lap(3);
     ldp_objects_add(p);
-    if (ldp_map_plan(p, ldp_pool_fd, err, sizeof err) < 0) ldp_die(127, "%s", err);
+    if (ldp_map_plan(p, ldp_pool_fd, err, sizeof err) < 0) {
+        /* nothing of the program runs yet: ld.so can still take over */
+        if (!nofallback && !planfile) fallback(path, argv + i, err, 0);
+        ldp_die(127, "%s", err);
+    }
     ldp_set_identity(path);
     lap(4);
     if (ldp_resolve_imports(p, 0, err, sizeof err) < 0) ldp_die(127, "%s", err);

@@ -114,10 +114,12 @@ int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t poo
     if (h->first_index == 0 && h->main_obj >= h->nobj) BAD("plan main object %u out of range", h->main_obj);
     if (pool_size && h->pool_size > pool_size)
         BAD("plan refers to a %lu-byte pool, the pool has %lu bytes", h->pool_size, pool_size);
-    if (h->static_tls_size > ldp_tls_reserve_size)
-        BAD("plan needs %lu bytes of static TLS, the launcher reserves %lu", h->static_tls_size,
-            ldp_tls_reserve_size);
-    if (h->static_tls_align > 64) BAD("plan needs static TLS alignment %lu > 64", h->static_tls_align);
+    if (h->static_tls_size > ldp_tls_reserve_size || h->static_tls_align > 64) {
+        snprintf(err, errlen, "the program needs %lu bytes of static TLS aligned to %lu; the launcher "
+                 "reserves %lu aligned to 64 (not supported)", h->static_tls_size, h->static_tls_align,
+                 ldp_tls_reserve_size);
+        return -2;
+    }
     for (uint32_t i = 0; i < h->nglibc; i++)
         if (!str_ok(p, p->glibc[i])) BAD("glibc name %u out of bounds", i);
     for (uint32_t i = 0; i < h->ninit; i++)

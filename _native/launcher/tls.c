@@ -13,7 +13,9 @@
 #include <sys/auxv.h>
 #include <sys/mman.h>
 
-#define RESERVE (64 * 1024)
+/* static TLS of the pooled objects seen here is at most a few KiB (gdb:
+ * 2.6 KiB); each KiB here is taken from every thread's stack, so keep it small */
+#define RESERVE (16 * 1024)
 #define STATE 1024               /* launcher per-thread state at the bottom */
 #define MAXGEN (STATE - 64)
 
