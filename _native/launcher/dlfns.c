@@ -42,18 +42,21 @@ char *ldp_dlerror(void)
     return dlerror();
 }
 
+/* glibc's family stays with ld.so: the same list as loader/resolve.py's
+ * GLIBC_SONAMES, plus every libnss_* */
 static const char *const glibc_family[] = {
-    "libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so", "libresolv.so", "libmvec.so",
-    "libutil.so", "libanl.so", "libnss_", "ld-linux", "libBrokenLocale.so", "libthread_db.so",
-    "libc_malloc_debug.so", "libmemusage.so", "libpcprofile.so", "libnsl.so", NULL,
+    "ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1",
+    "libresolv.so.2", "libmvec.so.1", "libutil.so.1", "libanl.so.1", "libBrokenLocale.so.1",
+    "libmemusage.so", "libpcprofile.so", "libthread_db.so.1", "libc_malloc_debug.so.0", NULL,
 };
 
 static int is_glibc(const char *name)
 {
     const char *b = strrchr(name, '/');
     b = b ? b + 1 : name;
+    if (strncmp(b, "libnss_", 7) == 0) return 1;
     for (int i = 0; glibc_family[i]; i++)
-        if (strncmp(b, glibc_family[i], strlen(glibc_family[i])) == 0) return 1;
+        if (strcmp(b, glibc_family[i]) == 0) return 1;
     return 0;
 }
 
