@@ -100,7 +100,8 @@ static void fallback(const char *path, char **argv, const char *why, int direct)
 }
 
 /* What the kernel would do with the file: 0 = dynamic ELF (ours), 1 =
- * static ELF, 2 = #! script (interpreter line in interp). */
+ * static ELF, 2 = #! script (interpreter line in interp), 3 = an ELF
+ * program for another dynamic loader (reason in interp). */
 static int classify(const char *path, char *interp, size_t n)
 {
     unsigned char b[4096];
@@ -122,8 +123,19 @@ static int classify(const char *path, char *interp, size_t n)
         return 0;   /* the broker names the problem */
     if (e->e_phoff + (uint64_t)e->e_phnum * sizeof(Elf64_Phdr) > (uint64_t)got) return 0;
     const Elf64_Phdr *ph = (const void *)(b + e->e_phoff);
-    for (int i = 0; i < e->e_phnum; i++)
-        if (ph[i].p_type == PT_INTERP) return 0;
+    for (int i = 0; i < e->e_phnum; i++) {
+        if (ph[i].p_type != PT_INTERP) continue;
+        /* another dynamic loader (musl, a sanitizer's...) is not ours to replace */
+        if (ph[i].p_offset < (uint64_t)got && ph[i].p_filesz <= (uint64_t)got - ph[i].p_offset) {
+            const char *in = (const char *)b + ph[i].p_offset;
+            if (strncmp(in, "/lib64/ld-linux-x86-64.so.2", ph[i].p_filesz) != 0 &&
+                strncmp(in, "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", ph[i].p_filesz) != 0) {
+                snprintf(interp, n, "its interpreter is %.*s", (int)ph[i].p_filesz, in);
+                return 3;
+            }
+        }
+        return 0;
+    }
     return 1;
 }
 
@@ -226,9 +238,17 @@ int main(int argc, char **argv, char **envp)
     char interp[4096];
     int kind = classify(path, interp, sizeof interp);
     if (kind == 2) run_script(argv, i, interp, path);
-    if (kind == 1) {
-        if (nofallback) ldp_die(127, "%s: a static program cannot be pooled", path);
-        fallback(path, argv + i, "a static program", 1);
+    const char *direct = kind == 1 ? "a static program" : kind == 3 ? interp : NULL;
+    if (!direct && (st.st_mode & (S_ISUID | S_ISGID))) direct = "set-user-ID or set-group-ID program";
+    if (direct) {
+        /* the kernel (and that program's own loader) must run it */
+        if (nofallback) ldp_die(127, "%s cannot be run from the pool: %s", path, direct);
+        fallback(path, argv + i, direct, 1);
+    }
+    const char *env_unsupported = getenv("LD_AUDIT") ? "LD_AUDIT is set" : getenv("LD_PROFILE") ? "LD_PROFILE is set" : NULL;
+    if (env_unsupported) {
+        if (nofallback) ldp_die(127, "%s cannot be run from the pool: %s", path, env_unsupported);
+        fallback(path, argv + i, env_unsupported, 0);
     }
 
     char err[1024];
