@@ -349,6 +349,7 @@ def test_bad_plans_are_one_line_errors(env, tmp_path):
         "seg_kind": lambda b: _put(b, s + 28, "I", 9),
         "seg_addr": lambda b: _put(b, s, "Q", struct.unpack_from("<Q", b, s)[0] + 1),
         "fix_addr": lambda b: _put(b, f, "Q", 0x1000),
+        "entry": lambda b: _put(b, o + 72, "Q", 0x1000),
         "fix_type": lambda b: _put(b, f + 8, "I", 99),
         "fix_sym": lambda b: _put(_put(b, f + 8, "I", pf.FIX_SYM64), f + 12, "I", 123456),
     }

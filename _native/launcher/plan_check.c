@@ -164,6 +164,11 @@ int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t poo
             if (o->tls_filesz && (o->tls_image < o->map_start || o->tls_image + o->tls_filesz > o->map_end))
                 BAD("%s: TLS image outside the object", nm);
         }
+        if ((o->flags & LDP_OBJ_MAIN) && (o->entry < o->map_start || o->entry >= o->map_end || !o->phdr))
+            BAD("%s: entry point or program headers outside the program", nm);
+        if ((o->init && (o->init < o->map_start || o->init >= o->map_end)) ||
+            (o->fini && (o->fini < o->map_start || o->fini >= o->map_end)))
+            BAD("%s: DT_INIT/DT_FINI outside the object", nm);
         uint64_t arrs[3][2] = {{o->preinit_array, o->preinit_count}, {o->init_array, o->init_count},
                                {o->fini_array, o->fini_count}};
         for (int a = 0; a < 3; a++)
