@@ -21,7 +21,7 @@ PAGE = 4096
 
 class ImageRecord:
     __slots__ = ("key", "path", "soname", "placed", "extent_va", "sha256", "deps",
-                 "state", "uids", "relro_bytes", "_info_json")
+                 "state", "uids", "relro_bytes", "_info_json", "restored")
 
     def __init__(self, key, path, soname, placed, extent_va, sha256, deps, state="live"):
         self.key, self.path, self.soname, self.placed = key, path, soname, placed
@@ -29,6 +29,7 @@ class ImageRecord:
         self.uids = set()          # uids that acquired it this epoch (privacy of stats)
         self.relro_bytes = 0       # pages ld.so would relocate privately in every process
         self._info_json = None
+        self.restored = False      # left by a previous broker: may be mapped without a lease
 
     def info_json(self):
         if self._info_json is None:
@@ -230,6 +231,7 @@ class ImageStore:
             rec = ImageRecord(e["key"], e["path"], e["soname"], placed, e["extent_va"],
                               e["sha256"], e["deps"], state)
             rec.relro_bytes = e.get("relro_bytes", 0)
+            rec.restored = True
             rec._info_json = e["info"]
             if info is None:
                 rec.placed = _Bare(e)

@@ -8,12 +8,14 @@ import secrets
 import threading
 import time
 
-from host_broker import journal
+from host_broker import journal, mapped
 from host_broker.images import ImageStore
 from host_broker.journal import JournalError
 from host_broker.placement import WINDOW, WINDOW_SIZE, Placements
 from host_broker.pool import Pool, PoolError, PoolInUse
 from host_broker.refcount import RefCounts
+
+MAPS_EVERY = 2.0
 
 
 class BrokerState:
@@ -22,6 +24,7 @@ class BrokerState:
         self.linger, self.log, self._store_kw = linger, log, store_kw
         self.recovered = False
         self.mutex = threading.Lock()   # refcounts vs. evictions from the build thread
+        self._maps = None
         self.quarantined = 0
         d = os.path.dirname(journal_path) or "."
         for f in os.listdir(d):        # half-written journals of a killed broker
@@ -58,6 +61,7 @@ class BrokerState:
             self.log(f"pool {self.pool_name} {problem}; starting a fresh pool")
             pool.close()
             return None
+        self.created = st.get("created")
         try:
             self._setup(pool, st["slide"], st["boot"] + 1)
             self.quarantined = self.store.restore(st["images"], self.log)
@@ -74,12 +78,24 @@ class BrokerState:
 
     def _fresh(self):
         epoch = secrets.randbits(62) + 1
+        self.created = time.time()
         placements = Placements(WINDOW, WINDOW_SIZE)
         pool = Pool.create(self.pool_name, self.pool_size, epoch, WINDOW, WINDOW_SIZE)
         self._setup(pool, placements.slide, 1, placements)
         self.log(f"new pool {self.pool_name} ({self.pool_size >> 20} MiB), epoch {epoch}, "
                  f"slide {placements.slide:#x}")
         self.save()
+
+    def _unmapped(self, key):
+        """An image left by the previous broker may go only when no process
+        maps it (scanned at most every MAPS_EVERY seconds)."""
+        now = time.monotonic()
+        if self._maps is None or now - self._maps[0] > MAPS_EVERY:
+            ranges, complete = mapped.pool_mappings(self.store.pool_path, self.created)
+            self._maps = (now, ranges, complete)
+        _t, ranges, complete = self._maps
+        p = self.store.images[key].placed
+        return complete and not mapped.overlaps(ranges, p.pool_off, p.size)
 
     def _make_room(self):
         """The pool or the window is full while building: evict every
@@ -120,6 +136,7 @@ class BrokerState:
             "version": 1, "pool": self.pool_name, "pool_size": self.pool.size,
             "instance": self.pool.instance.hex(), "epoch": self.pool.epoch,
             "slide": self.placements.slide, "boot": self.boot, "saved": time.time(),
+            "created": self.created,
             "images": self.store.to_journal()})
 
     def sweep(self, linger=None):
@@ -131,6 +148,7 @@ class BrokerState:
         while True:
             keys = [k for k in self.refs.evictable(linger)
                     if self.store.images[k].state == "live" and k not in self.store.touched]
+            keys = [k for k in keys if not self.store.images[k].restored or self._unmapped(k)]
             if not keys:
                 break
             for k in keys:

@@ -378,3 +378,36 @@ def test_reclaim_keeps_global_indices_after_dlclose(tmp_path):
         c.close()
     finally:
         b.cleanup()
+
+
+def test_images_still_mapped_after_a_restart_are_kept(tmp_path):
+    """A program started before a broker crash that never reclaims keeps its
+    images: the restarted broker evicts only what no process maps."""
+    b = BrokerProc(tmp_path / "m", linger=0.5).start()
+    running = None
+    try:
+        running = _launch_xz(b.socket)
+        if running is None:
+            pytest.skip("ldpool-exec is not built")
+        wait_for(lambda: b.stats()["totals"]["leases"] == 1, what="launcher's lease")
+        with b.connect() as c:
+            c.release(C.plan_lease(c.acquire_program("/usr/bin/gzip")))
+        st = b.stats()
+        xz = {im["key"] for im in st["images"] if im["refs"]}
+        gz = {im["key"] for im in st["images"] if not im["refs"]}
+        assert xz and gz
+        b.kill(signal.SIGKILL)
+        b.start()
+        # gzip's image: unreferenced and unmapped, evicted after the linger
+        wait_for(lambda: not gz & {im["key"] for im in b.stats()["images"]}, what="gzip evicted")
+        time.sleep(1)
+        assert xz <= {im["key"] for im in b.stats()["images"]}      # still mapped: kept
+        out, err = running.communicate(b"kept\n", timeout=60)
+        assert running.returncode == 0, err
+        assert subprocess.run(["xz", "-dc"], input=out, capture_output=True).stdout == b"kept\n"
+        wait_for(lambda: not b.stats()["images"], timeout=30, what="eviction once unmapped")
+    finally:
+        if running and running.poll() is None:
+            running.kill()
+            running.wait()
+        b.cleanup()
