@@ -207,3 +207,31 @@ def test_lazy_missing_function(env, tmp_path):
     assert r.returncode == 127 and b"undefined symbol: missing_fn" in r.stderr
     r = same([str(tmp_path / "exe")], dict(env, LD_BIND_NOW="1"))
     assert r.returncode == 127 and b"undefined symbol: missing_fn" in r.stderr
+
+
+def test_glibc_backtrace_through_pooled_frames(env, tmp_path):
+    """glibc's backtrace() and pthread_exit() unwind with the libgcc_s that
+    glibc dlopens itself: it must find pooled frames too."""
+    (tmp_path / "lib.c").write_text("int deep(int n, int (*cb)(void)) { if (n == 0) return cb(); "
+                                    "return deep(n - 1, cb) + 1; }\n")
+    (tmp_path / "main.c").write_text(textwrap.dedent("""
+        #include <execinfo.h>
+        #include <pthread.h>
+        #include <stdio.h>
+        int deep(int n, int (*cb)(void));
+        static int cb(void) { void *b[64]; int n = backtrace(b, 64); printf("frames>=10: %s\\n", n >= 10 ? "yes" : "no"); return 0; }
+        static int cb_exit(void) { pthread_exit((void *)42); return 0; }
+        static void *thr(void *a) { deep(5, cb_exit); return 0; }
+        int main(void) {
+            deep(8, cb);
+            pthread_t t; void *r;
+            pthread_create(&t, 0, thr, 0); pthread_join(t, &r);
+            printf("thread exit %ld\\n", (long)r);
+            return 0;
+        }
+    """))
+    cc = lambda *a: subprocess.run(["gcc", "-O0", "-fasynchronous-unwind-tables", *a], check=True, cwd=tmp_path)
+    cc("-fPIC", "-shared", "-o", "libbt.so", "lib.c")
+    cc("-o", "main", "main.c", "-L.", "-lbt", "-Wl,-rpath,$ORIGIN", "-lpthread")
+    r = same([str(tmp_path / "main")], env)
+    assert r.stdout == b"frames>=10: yes\nthread exit 42\n"

@@ -246,7 +246,7 @@ int ldp_apply_fixups(struct ldp_plan *p, char *err, size_t errlen)
     }
     if (nmv) {
         struct repoint_ctx c = {mv, nmv};
-        dl_iterate_phdr(repoint_one, &c);
+        ldp_real_iterate_phdr(repoint_one, &c);
     }
     free(mv);
     for (uint32_t i = 0; i < p->h->nobj; i++) ldp_objs[p->first_index + i]->state = LDP_ST_RELOCATED;

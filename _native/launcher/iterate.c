@@ -1,10 +1,32 @@
 /* What unwinders and iterators see: dl_iterate_phdr reports the program
  * first (in the launcher's place, named "" as natively), then ld.so's
  * objects, then the pooled libraries; _dl_find_object knows pooled ranges
- * and their PT_GNU_EH_FRAME, which is all libgcc_s 12 needs to unwind. */
+ * and their PT_GNU_EH_FRAME, which is all libgcc_s 12 needs to unwind.
+ *
+ * The launcher also exports both names: it is the main executable, first
+ * in ld.so's global scope, so objects ld.so loads later bind to these too --
+ * notably the libgcc_s glibc itself dlopens for backtrace() and for thread
+ * cancellation unwinding, which must see pooled frames as well.  Inside
+ * the launcher the real functions are reached through pointers. */
 #include "ldp.h"
 #include <string.h>
 #include <sys/auxv.h>
+
+static int (*real_iterate)(int (*)(struct dl_phdr_info *, size_t, void *), void *);
+static int (*real_find)(void *, struct dl_find_object *);
+
+void ldp_iterate_setup(void)
+{
+    /* the launcher is first in the global scope: RTLD_NEXT is glibc's */
+    real_iterate = dlvsym(RTLD_NEXT, "dl_iterate_phdr", "GLIBC_2.2.5");
+    real_find = dlvsym(RTLD_NEXT, "_dl_find_object", "GLIBC_2.35");
+    if (!real_iterate || !real_find) ldp_die(127, "internal error: glibc's dl_iterate_phdr or _dl_find_object not found");
+}
+
+int ldp_real_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *data)
+{
+    return real_iterate(cb, data);
+}
 
 struct it { int (*cb)(struct dl_phdr_info *, size_t, void *); void *data; int ret, seen_first;
             unsigned long long adds, subs; };
@@ -47,12 +69,12 @@ int ldp_dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *
 {
     struct it c = {cb, data, 0, 0, 0, 0};
     struct dl_phdr_info i;
-    dl_iterate_phdr(counts, &c);
+    real_iterate(counts, &c);
     if (ldp_main != LDP_NONE) {
         fill(&i, ldp_objs[ldp_main], &c);
         if ((c.ret = cb(&i, sizeof i, data)) != 0) return c.ret;
     }
-    dl_iterate_phdr(forward, &c);
+    real_iterate(forward, &c);
     if (c.ret) return c.ret;
     for (uint32_t k = 0; k < ldp_nobj; k++) {
         struct ldp_rt *r = ldp_objs[k];
@@ -66,11 +88,22 @@ int ldp_dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *
 int ldp_dl_find_object(void *pc, struct dl_find_object *res)
 {
     struct ldp_rt *r = ldp_find_addr(pc);
-    if (!r) return _dl_find_object(pc, res);
+    if (!r) return real_find(pc, res);
     memset(res, 0, sizeof *res);
     res->dlfo_map_start = (void *)r->o->map_start;
     res->dlfo_map_end = (void *)r->o->map_end;
     res->dlfo_link_map = &r->lm;
     res->dlfo_eh_frame = (void *)r->o->eh_frame_hdr;
     return r->o->eh_frame_hdr ? 0 : -1;
+}
+
+__attribute__((visibility("default"))) int dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *),
+                                                         void *data)
+{
+    return ldp_dl_iterate_phdr(cb, data);
+}
+
+__attribute__((visibility("default"))) int _dl_find_object(void *pc, struct dl_find_object *res)
+{
+    return ldp_dl_find_object(pc, res);
 }

@@ -224,6 +224,7 @@ int main(int argc, char **argv, char **envp)
     timing = getenv("LDPOOL_TIMING") != NULL;
     lap(-1);
     ldp_tls_setup();
+    ldp_iterate_setup();
     char pbuf[PATH_MAX], abuf[PATH_MAX];
     const char *prog = argv[i];
     const char *path = find_program(prog, pbuf, sizeof pbuf);
