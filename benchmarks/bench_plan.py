@@ -42,7 +42,7 @@ def test_build_image_libllvm(benchmark, llc):
     med = benchmark.stats.stats.median
     lazy = _ldso({})
     print(f"\nldpool: libLLVM-14 image: {info.nrelocs} relocations, {len(info.stubs)} glibc stubs, "
-          f"{len(info.shared_pages)} shareable pages; build median {med * 1e3:.0f} ms "
+          f"{len(limage.shared_pages(info))} shareable pages; build median {med * 1e3:.0f} ms "
           f"({info.nrelocs / med / 1e6:.1f} M relocations/s)")
     if lazy:
         print(f"ld.so: llc-14 --version: relocation {lazy[0]:.1f} ms for {lazy[1]} relocations (all objects)")

@@ -166,10 +166,27 @@ class ImageInfo:
     # import (name, version or None) -> (stub index, slot address), for
     # JUMP_SLOT imports the canonical scope binds into glibc's family
     stubs: dict = field(default_factory=dict)
-    # page indices (from base+lo) of the span that are expected to stay
-    # shareable in a process whose scope binds like the canonical one
-    shared_pages: frozenset = frozenset()
+    # page index ranges [first, end) (pages from base+lo) of the span that
+    # are expected to stay shareable in a process whose scope binds like
+    # the canonical one (ranges keep the broker's journal small)
+    shared_ranges: tuple = ()
     nrelocs: int = 0                # relocations seen (relative included)
+
+
+def page_ranges(pages):
+    """Sorted page indices -> ((first, end), ...) runs."""
+    out = []
+    for p in sorted(pages):
+        if out and out[-1][1] == p:
+            out[-1][1] = p + 1
+        else:
+            out.append([p, p + 1])
+    return tuple(tuple(r) for r in out)
+
+
+def shared_pages(info):
+    """The set of page indices ImageInfo.shared_ranges covers."""
+    return {p for a, b in info.shared_ranges for p in range(a, b)}
 
 
 @dataclass

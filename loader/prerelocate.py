@@ -98,7 +98,7 @@ def shareable_candidates(elf, lay):
 
 def prerelocate(elf, base, lay, scope, out, info):
     """Relocate image bytes `out` (starting at address base+lay.lo) in place;
-    fill info.stubs, info.shared_pages and info.nrelocs.  The engine does
+    fill info.stubs, info.shared_ranges and info.nrelocs.  The engine does
     everything that does not bind into glibc; Python only sees the
     relocations left per process and the JUMP_SLOTs that become stubs."""
     from _native import apply as napply
@@ -128,5 +128,6 @@ def prerelocate(elf, base, lay, scope, out, info):
             dirty.add(at >> 12)
             dirty.add((at + 7) >> 12)
     info.nrelocs = b.count + len(b.relr)
-    info.shared_pages = frozenset(shareable_candidates(elf, lay) - dirty)
+    from loader.image import page_ranges
+    info.shared_ranges = page_ranges(shareable_candidates(elf, lay) - dirty)
     return b
