@@ -16,7 +16,9 @@ import time
 from host_broker.acquire import Acquirer, set_lease
 from host_broker.connection import Connection
 from host_broker.daemon import detach, gid_of, lock, prepare_dir, stderr_log
+from host_broker import journal
 from host_broker.pool import DEFAULT_SIZE, parse_size
+from host_broker.pool import unlink as pool_unlink
 from host_broker.state import BrokerState
 from host_broker.stats import stats_for
 from loader import protocol as P
@@ -62,6 +64,7 @@ class Broker:
         self._build_lock = None
         self._stop = None
         self._last_active = time.monotonic()
+        self._idle_exit = False
 
     # --- socket ---------------------------------------------------------------
     def bind(self):
@@ -112,8 +115,26 @@ class Broker:
                     os.unlink(self.socket_path)
             except OSError:
                 pass
-            self.state.save()
+            if self._idle_exit:
+                self._release_pool()
+            else:
+                self.state.save()
             self.log("stopped")
+
+    def _release_pool(self):
+        """Nobody is connected and the broker goes away: lingering would keep
+        memory for nobody, so the unused images go now, and an empty pool is
+        removed with its journal (mappings in processes survive the unlink).
+        Images a process still maps (left by a previous broker) keep it."""
+        st = self.state
+        st.sweep(linger=0)
+        if st.store.images:
+            st.save()
+            return
+        st.close()
+        pool_unlink(st.pool_name)
+        journal.remove(st.journal_path)
+        self.log(f"pool {st.pool_name} empty: removed")
 
     async def _accept_loop(self):
         loop = asyncio.get_running_loop()
@@ -141,6 +162,7 @@ class Broker:
                 self._last_active = time.monotonic()
             elif self.idle_exit and time.monotonic() - self._last_active >= self.idle_exit:
                 self.log(f"idle for {self.idle_exit:g}s: exiting")
+                self._idle_exit = True
                 self._stop.done() or self._stop.set_result(0)
 
     def _gone(self, client):

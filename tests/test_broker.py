@@ -308,12 +308,18 @@ def test_embedded_broker_starts_and_exits_when_idle(tmp_path):
         c = C.connect(sock, start_embedded=True)
         pid = int(c.info["broker_pid"])
         assert c.pool_name == pool
+        c.release(C.plan_lease(c.acquire_program("/usr/bin/gzip")))    # lingers 120 s...
         c.close()
         # a second start is a no-op while it answers
         C.ensure_broker(sock, idle_exit=1)
         wait_for(lambda: not answering(sock), timeout=20, what="idle exit")
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10, what="broker exit")
-        assert "idle for 1s: exiting" in open(os.path.join(os.path.dirname(sock), "broker.log")).read()
+        log = open(os.path.join(os.path.dirname(sock), "broker.log")).read()
+        assert "idle for 1s: exiting" in log
+        # nobody left: its images are gone and the empty pool with them
+        assert f"pool {pool} empty: removed" in log
+        assert not os.path.exists("/dev/shm" + pool)
+        assert not os.path.exists(os.path.join(os.path.dirname(sock), pool.strip("/") + ".journal"))
         # connect(start_embedded=True) brings it back
         with C.connect(sock, start_embedded=True) as c2:
             assert int(c2.info["broker_pid"]) != pid
