@@ -255,76 +255,86 @@ def open(name, source=None):  # noqa: A001  (the API's name)
     """Map `name` (a soname searched as dlopen would, or a path) and its
     dependencies into this process; returns a Library.  source: "broker",
     "local", or None (the broker's pool when a broker answers)."""
-    import array
-    from _native import apply as napply
     from loader import resolve
-    from loader.scope import Scope
     with _lock:
         res = resolve.resolve_library(name, env=dict(os.environ), cwd=os.getcwd())
         blob, fd, lease = _plan(res, source)
-        p = pf.unpack(blob)
-        for g in p.glibc:
-            ctypes.CDLL(p.string(g), mode=os.RTLD_GLOBAL)
-        imp = array.array("Q", _import_addresses(p))
-        # module ids unique in this process, whatever the plan numbered
-        first = _state["next_index"]
-        _state["next_index"] = first + len(p.objects)
-        modids = array.array("Q", [1 + first + i if o["tls_modid"] else 0 for i, o in enumerate(p.objects)])
-        fixbytes = memoryview(blob)[p.hdr["off_fix"]:p.hdr["off_fix"] + pf.FIX.size * p.hdr["nfix"]]
-        mapped, fresh = [], []
-        registered = set()
         try:
-            for i, o in enumerate(p.objects):
-                key = (p.string(o["path"]), o["map_start"])
-                m = _state["mapped"].get(key)
-                if m is None:
-                    _map_object(p, o, fd)
-                    m = _Mapped(o, key)
-                    m.modid = modids[i]
-                    _state["mapped"][key] = m
-                    fresh.append(m)
-                m.refs += 1
-                mapped.append(m)
-            for m in reversed(fresh):            # dependencies first, as ld.so relocates
-                o = m.rec
-                napply.apply_fixups(fixbytes[pf.FIX.size * o["fix_first"]:pf.FIX.size * (o["fix_first"] + o["fix_count"])],
-                                    imp, modids, p.hdr["first_index"])
-                if m.modid:
-                    napply.register_tls(m.modid, o["tls_image"], o["tls_filesz"], o["tls_memsz"], o["tls_align"])
-                    registered.add(m.modid)
-                _protect(p, o)
-            bias = {os.path.realpath(p.string(x["path"])): x["l_addr"] for x in p.objects}
-            entries = [(ob.elf, bias.get(os.path.realpath(ob.path), 0), ob.is_glibc) for ob in res.objects]
-            scope = Scope(entries)
-            _register_frames(scope, fresh)
+            lib = _load(name, res, blob, fd)
         except BaseException:
-            # leave the process as it was: nothing half-mapped stays behind
-            for m in mapped:
-                m.refs -= 1
-            for m in fresh:
-                if m.modid in registered:
-                    napply.unregister_tls(m.modid)
-                _munmap(m.rec["map_start"], m.rec["map_end"] - m.rec["map_start"])
-                del _state["mapped"][m.path]
+            if lease is not None:
+                _state["conn"].release(lease)
             raise
-        first_index = p.hdr["first_index"]
-        order = [mapped[g - first_index] for g in p.init]
-        if p.hdr["main_obj"] != pf.NONE:     # a broker plan: the library is its "program"
-            order.append(mapped[p.hdr["main_obj"] - first_index])
-        environ = ctypes.c_void_p.in_dll(_libc, "environ").value
-        for m in order:
-            if m not in fresh:
-                continue
-            o = m.rec
-            if o["init"]:
-                _INITFN(o["init"])(0, None, environ)
-            for i in range(o["init_count"]):
-                fn = ctypes.c_uint64.from_address(o["init_array"] + 8 * i).value
-                if fn not in (0, 2**64 - 1):
-                    _INITFN(fn)(0, None, environ)
-        lib = Library(name, res, p, mapped, scope, order)
         lib._lease = lease
         return lib
+
+
+def _load(name, res, blob, fd):
+    """Map, fix up and initialise the objects of plan `blob` (pool `fd`)."""
+    import array
+    from _native import apply as napply
+    from loader.scope import Scope
+    p = pf.unpack(blob)
+    for g in p.glibc:
+        ctypes.CDLL(p.string(g), mode=os.RTLD_GLOBAL)
+    imp = array.array("Q", _import_addresses(p))
+    # module ids unique in this process, whatever the plan numbered
+    first = _state["next_index"]
+    _state["next_index"] = first + len(p.objects)
+    modids = array.array("Q", [1 + first + i if o["tls_modid"] else 0 for i, o in enumerate(p.objects)])
+    fixbytes = memoryview(blob)[p.hdr["off_fix"]:p.hdr["off_fix"] + pf.FIX.size * p.hdr["nfix"]]
+    mapped, fresh = [], []
+    registered = set()
+    try:
+        for i, o in enumerate(p.objects):
+            key = (p.string(o["path"]), o["map_start"])
+            m = _state["mapped"].get(key)
+            if m is None:
+                _map_object(p, o, fd)
+                m = _Mapped(o, key)
+                m.modid = modids[i]
+                _state["mapped"][key] = m
+                fresh.append(m)
+            m.refs += 1
+            mapped.append(m)
+        for m in reversed(fresh):            # dependencies first, as ld.so relocates
+            o = m.rec
+            napply.apply_fixups(fixbytes[pf.FIX.size * o["fix_first"]:pf.FIX.size * (o["fix_first"] + o["fix_count"])],
+                                imp, modids, p.hdr["first_index"])
+            if m.modid:
+                napply.register_tls(m.modid, o["tls_image"], o["tls_filesz"], o["tls_memsz"], o["tls_align"])
+                registered.add(m.modid)
+            _protect(p, o)
+        bias = {os.path.realpath(p.string(x["path"])): x["l_addr"] for x in p.objects}
+        entries = [(ob.elf, bias.get(os.path.realpath(ob.path), 0), ob.is_glibc) for ob in res.objects]
+        scope = Scope(entries)
+        _register_frames(scope, fresh)
+    except BaseException:
+        # leave the process as it was: nothing half-mapped stays behind
+        for m in mapped:
+            m.refs -= 1
+        for m in fresh:
+            if m.modid in registered:
+                napply.unregister_tls(m.modid)
+            _munmap(m.rec["map_start"], m.rec["map_end"] - m.rec["map_start"])
+            del _state["mapped"][m.path]
+        raise
+    first_index = p.hdr["first_index"]
+    order = [mapped[g - first_index] for g in p.init]
+    if p.hdr["main_obj"] != pf.NONE:     # a broker plan: the library is its "program"
+        order.append(mapped[p.hdr["main_obj"] - first_index])
+    environ = ctypes.c_void_p.in_dll(_libc, "environ").value
+    for m in order:
+        if m not in fresh:
+            continue
+        o = m.rec
+        if o["init"]:
+            _INITFN(o["init"])(0, None, environ)
+        for i in range(o["init_count"]):
+            fn = ctypes.c_uint64.from_address(o["init_array"] + 8 * i).value
+            if fn not in (0, 2**64 - 1):
+                _INITFN(fn)(0, None, environ)
+    return Library(name, res, p, mapped, scope, order)
 
 
 def _register_frames(scope, fresh):

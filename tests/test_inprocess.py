@@ -179,6 +179,8 @@ def test_from_the_brokers_pool(tmp_path, monkeypatch):
         with pytest.raises(LdpoolError, match="static TLS"):
             loader.open(str(tmp_path / "libie.so"))
         assert open("/proc/self/maps").read().count("/dev/shm/ldpool-") == before
+        leases = [c["leases"] for c in conn.stats()["clients"] if c["name"] == "loader.open"]
+        assert leases == [0]                # the failed open's lease was given back
         with pytest.raises(LdpoolError, match="static TLS"):
             loader.open(str(tmp_path / "libie.so"), "local")
     finally:
