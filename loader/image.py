@@ -101,16 +101,13 @@ def image_key(elf, instance=0):
 
 # ------------------------------------------------------------------ layout
 def jump_slot_symbols(elf):
-    """Dynamic symbol indices named by JUMP_SLOT relocations, sorted, unique:
-    one stub each."""
-    jr = elf.jmprel
-    if DT["PLTREL"] in elf.dyn and elf.dyn[DT["PLTREL"]] != DT["RELA"]:
-        return []
+    """Dynamic symbol indices named by JUMP_SLOT relocations (DT_JMPREL or,
+    unusually, DT_RELA), sorted, unique: one stub each."""
     out = set()
-    info = jr[1::3]
-    for x in info:
-        if x & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and x >> 32:
-            out.add(x >> 32)
+    for table in (elf.rela, elf.jmprel):
+        for x in table[1::3]:
+            if x & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and x >> 32:
+                out.add(x >> 32)
     return sorted(out)
 
 
