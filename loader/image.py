@@ -35,7 +35,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from loader.elf import (DT, PF_R, PF_W, PF_X, PT_GNU_RELRO, PT_NOTE)
+from loader.elf import PF_R, PF_W, PF_X, PT_GNU_RELRO, PT_NOTE
 
 PAGE = 4096
 STUB_SIZE = 8          # ff 25 disp32 (jmp *disp32(%rip)), then two int3
