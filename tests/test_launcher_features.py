@@ -235,3 +235,14 @@ def test_glibc_backtrace_through_pooled_frames(env, tmp_path):
     cc("-o", "main", "main.c", "-L.", "-lbt", "-Wl,-rpath,$ORIGIN", "-lpthread")
     r = same([str(tmp_path / "main")], env)
     assert r.stdout == b"frames>=10: yes\nthread exit 42\n"
+
+
+def test_proc_self_exe_is_the_program(env):
+    """Programs that find themselves through /proc/self/exe (perl's $^X)
+    get their own path, and can run themselves again."""
+    need("perl")
+    r = same(["perl", "-e", 'print "$^X\\n"; system($^X, "-e", "print qq(child ok\\n)"); print readlink("/proc/self/exe"), "\\n"'],
+             env)
+    assert r.stdout == b"/usr/bin/perl\nchild ok\n/usr/bin/perl\n"
+    same(["/usr/bin/python3", "-c", "import os; print(os.readlink('/proc/self/exe'), os.path.realpath('/proc/self/exe'))"],
+         env)

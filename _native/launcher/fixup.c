@@ -23,11 +23,14 @@ static const struct { const char *name; void *fn; } overrides[] = {
     {"dl_iterate_phdr", (void *)ldp_dl_iterate_phdr},
     {"_dl_find_object", (void *)ldp_dl_find_object},
     {"__tls_get_addr", (void *)ldp_tls_get_addr},
+    {"readlink", (void *)ldp_readlink},
+    {"readlinkat", (void *)ldp_readlinkat},
+    {"realpath", (void *)ldp_realpath},
 };
 
 void *ldp_override(const char *name)
 {
-    if (name[0] != '_' && name[0] != 'd') return NULL;
+    if (name[0] != '_' && name[0] != 'd' && name[0] != 'r') return NULL;
     for (size_t i = 0; i < sizeof overrides / sizeof overrides[0]; i++)
         if (strcmp(overrides[i].name, name) == 0) return overrides[i].fn;
     return NULL;

@@ -121,6 +121,12 @@ int ldp_real_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void
 void ldp_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void ldp_gdb_sync(void);              /* debugger.c */
 
+/* ---- /proc/self/exe as the program's (procself.c) ---- */
+void ldp_procself_setup(const char *path);
+ssize_t ldp_readlink(const char *path, char *buf, size_t size);
+ssize_t ldp_readlinkat(int dirfd, const char *path, char *buf, size_t size);
+char *ldp_realpath(const char *path, char *resolved);
+
 /* ---- broker client (broker.c) ---- */
 extern int ldp_broker_fd, ldp_pool_fd;
 extern int ldp_debug_mode;           /* --plan/--pool: no broker */

@@ -293,6 +293,7 @@ int main(int argc, char **argv, char **envp)
         ldp_die(127, "%s", err);
     }
     ldp_set_identity(path);
+    ldp_procself_setup(path);
     lap(4);
     if (ldp_resolve_imports(p, 0, err, sizeof err) < 0) ldp_die(127, "%s", err);
     lap(5);
