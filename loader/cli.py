@@ -28,12 +28,16 @@ def _import(modname):
         raise
 
 
-def build_parser():
+def build_parser(chosen=None):
+    """Every subcommand is listed, but only the chosen one's module is
+    imported: `ldpool run` must not pay for asyncio or the benchmarks."""
     parser = argparse.ArgumentParser(prog="ldpool", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (modname, helptext) in COMMANDS.items():
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.set_defaults(_module=modname)
+        if name != chosen:
+            continue
         try:
             _import(modname).add_arguments(p)
         except ImportError:
@@ -43,7 +47,10 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    # the top-level parser has no options taking a value, so the first word
+    # that is not an option names the subcommand
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
