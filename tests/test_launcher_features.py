@@ -246,3 +246,18 @@ def test_proc_self_exe_is_the_program(env):
     assert r.stdout == b"/usr/bin/perl\nchild ok\n/usr/bin/perl\n"
     same(["/usr/bin/python3", "-c", "import os; print(os.readlink('/proc/self/exe'), os.path.realpath('/proc/self/exe'))"],
          env)
+
+
+def test_no_broker(env, tmp_path):
+    """No broker and none can be started: the program runs under ld.so with
+    a one-line notice, or, with --no-fallback, one line and status 127."""
+    (tmp_path / "h.c").write_text('#include <stdio.h>\nint main(void){ puts("hi"); return 4; }\n')
+    subprocess.run(["gcc", "-o", "h", "h.c"], check=True, cwd=tmp_path)
+    e = dict(env, LDPOOL_SOCKET="/proc/no-such-dir/broker.sock")
+    r = subprocess.run(["ldpool-exec", str(tmp_path / "h")], capture_output=True, text=True, env=e, timeout=60)
+    assert (r.returncode, r.stdout) == (4, "hi\n")
+    assert r.stderr.startswith("ldpool-exec: note: running") and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run(["ldpool-exec", "--no-fallback", str(tmp_path / "h")], capture_output=True, text=True,
+                       env=e, timeout=60)
+    assert (r.returncode, r.stdout) == (127, "")
+    assert "broker" in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr

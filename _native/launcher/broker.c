@@ -94,18 +94,43 @@ static int start_broker(const char *sock, char *err, size_t errlen)
             if (access(ldpool, X_OK) == 0) prog = ldpool;
         }
     }
+    /* its stderr comes back through a pipe: our message stays one line */
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0) { snprintf(err, errlen, "cannot start the broker: %s", strerror(errno)); return -1; }
     pid_t pid = fork();
     if (pid < 0) { snprintf(err, errlen, "cannot start the broker: %s", strerror(errno)); return -1; }
     if (pid == 0) {
         int nul = open("/dev/null", O_RDWR);
         if (nul >= 0) { dup2(nul, 0); dup2(nul, 1); }
+        dup2(pfd[1], 2);
         execlp(prog, prog, "broker", "--detach", "--idle-exit", "30", "--socket", sock, (char *)NULL);
         _exit(127);
     }
+    close(pfd[1]);
+    char out[2048], chunk[1024];
+    size_t got = 0;
+    for (;;) {
+        ssize_t r = read(pfd[0], chunk, sizeof chunk);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        if (got + r > sizeof out - 1) {          /* keep the tail: the last line names the problem */
+            size_t drop = got + r - (sizeof out - 1);
+            if (drop > got) drop = got;
+            memmove(out, out + drop, got - drop);
+            got -= drop;
+        }
+        memcpy(out + got, chunk, r);
+        got += r;
+    }
+    close(pfd[0]);
+    out[got] = 0;
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        snprintf(err, errlen, "cannot start the broker (%s broker --detach) for %s", prog, sock);
+        while (got && (out[got - 1] == '\n' || out[got - 1] == ' ')) out[--got] = 0;
+        char *last = strrchr(out, '\n');
+        last = last ? last + 1 : out;
+        snprintf(err, errlen, "cannot start the broker for %s%s%s", sock, *last ? ": " : "", last);
         return -1;
     }
     return 0;

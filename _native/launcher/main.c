@@ -85,7 +85,7 @@ static const char *find_program(const char *prog, char *buf, size_t n)
  * pooled, with a one-line notice. */
 static void fallback(const char *path, char **argv, const char *why, int direct)
 {
-    ldp_note("note: running %s %s: %s", path, direct ? "without ldpool" : "under ld.so", why);
+    ldp_note("note: running %s %s: %s", argv[0], direct ? "without ldpool" : "under ld.so", why);
     if (direct) {
         execv(path, argv);
         ldp_die(127, "%s: %s", path, strerror(errno));
