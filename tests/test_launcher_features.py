@@ -261,3 +261,23 @@ def test_no_broker(env, tmp_path):
                        env=e, timeout=60)
     assert (r.returncode, r.stdout) == (127, "")
     assert "broker" in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_program_executes_proc_self_exe(env, tmp_path):
+    """execv("/proc/self/exe", argv) from a pooled program runs the program
+    again (from the pool), not the launcher with the program's arguments."""
+    (tmp_path / "s.c").write_text(textwrap.dedent("""
+        #include <stdio.h>
+        #include <string.h>
+        #include <unistd.h>
+        int main(int argc, char **argv) {
+            if (argc > 1 && !strcmp(argv[1], "child")) { printf("child of %s\\n", argv[0]); return 7; }
+            printf("parent\\n"); fflush(stdout);
+            char *v[] = {argv[0], "child", NULL};
+            execv("/proc/self/exe", v);
+            return 1;
+        }
+    """))
+    subprocess.run(["gcc", "-o", "selfx", "s.c"], check=True, cwd=tmp_path)
+    r = same(["./selfx"], env, cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (7, b"parent\nchild of ./selfx\n")

@@ -196,7 +196,12 @@ int main(int argc, char **argv, char **envp)
 {
     const char *planfile = NULL, *poolfile = NULL;
     int nofallback = 0, i = 1;
-    for (; i < argc && argv[i][0] == '-'; i++) {
+    /* A pooled program that executes /proc/self/exe reaches us with its own
+     * argv: argv[0] names the program, not the launcher. */
+    const char *a0 = strrchr(argv[0], '/');
+    a0 = a0 ? a0 + 1 : argv[0];
+    if (argv[0][0] && strcmp(a0, "ldpool-exec") != 0) i = 0;
+    for (; i > 0 && i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "--")) { i++; break; }
         if (!strcmp(argv[i], "--plan") && i + 1 < argc) planfile = argv[++i];
         else if (!strcmp(argv[i], "--pool") && i + 1 < argc) poolfile = argv[++i];
