@@ -281,3 +281,47 @@ def test_program_executes_proc_self_exe(env, tmp_path):
     subprocess.run(["gcc", "-o", "selfx", "s.c"], check=True, cwd=tmp_path)
     r = same(["./selfx"], env, cwd=tmp_path)
     assert (r.returncode, r.stdout) == (7, b"parent\nchild of ./selfx\n")
+
+
+def test_dlopen_after_broker_restart(env, tmp_path):
+    """The broker dies (SIGKILL) while a pooled program runs: the program
+    does not notice (no SIGPIPE either); its next dlopen starts a broker
+    again and reclaims its lease; the library comes from the pool, or from
+    ld.so with a notice while the broker cannot serve reclaimed leases."""
+    import os
+    import re
+    import signal
+    import time
+    sockdir = f"/tmp/ldpool-test-{os.getuid()}/restart"      # a broker of its own: it gets killed
+    os.makedirs(sockdir, mode=0o700, exist_ok=True)
+    e = dict(env, LDPOOL_SOCKET=f"{sockdir}/broker.sock")
+    (tmp_path / "plug.c").write_text("int plug(int x) { return x * 3; }\n")
+    (tmp_path / "main.c").write_text(textwrap.dedent("""
+        #include <dlfcn.h>
+        #include <stdio.h>
+        int main(int argc, char **argv) {
+            char line[64];
+            printf("ready\\n"); fflush(stdout);
+            if (!fgets(line, sizeof line, stdin)) return 2;
+            void *h = dlopen(argv[1], RTLD_NOW);
+            if (!h) { printf("dlopen: %s\\n", dlerror()); return 1; }
+            printf("plug(14) = %d\\n", ((int (*)(int))dlsym(h, "plug"))(14));
+            return 0;
+        }
+    """))
+    subprocess.run(["gcc", "-fPIC", "-shared", "-o", "libplug.so", "plug.c"], check=True, cwd=tmp_path)
+    subprocess.run(["gcc", "-o", "main", "main.c"], check=True, cwd=tmp_path)
+    p = subprocess.Popen(["ldpool-exec", "--no-fallback", str(tmp_path / "main"), str(tmp_path / "libplug.so")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        pids = re.findall(rb"serving \S+ \(pid (\d+)", open(f"{sockdir}/broker.log", "rb").read())
+        os.kill(int(pids[-1]), signal.SIGKILL)
+        time.sleep(0.2)
+        out, err = p.communicate(b"go\n", timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert (p.returncode, out) == (0, b"plug(14) = 42\n"), err
+    # a broker that cannot serve a reclaimed lease: ld.so loads it, with a notice
+    assert err == b"" or (err.startswith(b"ldpool-exec: note: dlopen(") and err.count(b"\n") == 1), err

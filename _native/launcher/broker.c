@@ -20,12 +20,14 @@ int ldp_broker_fd = -1, ldp_pool_fd = -1;
 int ldp_debug_mode;
 int ldp_keep_preload;
 const char *ldp_socket_opt;
-static uint64_t pool_size_from_hello;
+static uint64_t pool_size_from_hello, epoch;
+static int conn_lost;            /* the last call failed because the connection broke */
 
 #define OP_HELLO 1
 #define OP_ACQ_PROGRAM 2
 #define OP_ACQ_LIBRARY 3
 #define OP_RELEASE 4
+#define OP_RECLAIM 7
 #define OP_ERROR 0x1FF
 #define MAX_FRAME (64u << 20)
 
@@ -139,7 +141,7 @@ static int start_broker(const char *sock, char *err, size_t errlen)
 static int write_all(int fd, const void *p, size_t n)
 {
     while (n) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);   /* a dead broker must not SIGPIPE the program */
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) return -1;
         p = (const char *)p + w, n -= w;
@@ -163,6 +165,7 @@ static int send_req(uint32_t op, struct buf *req, char *err, size_t errlen)
     uint32_t hdr[2] = {(uint32_t)req->n, op};
     if (write_all(ldp_broker_fd, hdr, 8) < 0 || write_all(ldp_broker_fd, req->p, req->n) < 0) {
         snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
+        conn_lost = 1;
         return -1;
     }
     return 0;
@@ -181,7 +184,7 @@ static char *recv_reply(uint32_t op, uint32_t *rop, size_t *rlen, int *fdp, char
         iov.iov_base = (char *)hdr + got, iov.iov_len = 8 - got;
         ssize_t r = recvmsg(ldp_broker_fd, &m, MSG_CMSG_CLOEXEC);
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) { snprintf(err, errlen, "the broker closed the connection"); return NULL; }
+        if (r <= 0) { snprintf(err, errlen, "the broker closed the connection"); conn_lost = 1; return NULL; }
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && fdp) memcpy(fdp, CMSG_DATA(c), sizeof(int));
         m.msg_control = NULL, m.msg_controllen = 0;
@@ -192,6 +195,7 @@ static char *recv_reply(uint32_t op, uint32_t *rop, size_t *rlen, int *fdp, char
     if (read_all(ldp_broker_fd, p, hdr[0]) < 0) {
         free(p);
         snprintf(err, errlen, "the broker closed the connection mid-reply");
+        conn_lost = 1;
         return NULL;
     }
     p[hdr[0]] = 0;
@@ -260,8 +264,11 @@ static int recv_hello(char *err, size_t errlen)
     if (!r) return -1;
     const char *ps = kv(r, len, "pool_size");
     pool_size_from_hello = ps ? strtoull(ps, NULL, 10) : 0;
+    const char *ep = kv(r, len, "epoch");
+    epoch = ep ? strtoull(ep, NULL, 10) : 0;
     free(r);
     if (pfd < 0) { snprintf(err, errlen, "the broker sent no pool descriptor"); return -1; }
+    if (ldp_pool_fd >= 0) close(ldp_pool_fd);   /* a reconnection: the same pool, opened again */
     ldp_pool_fd = move_high(pfd);
     return 0;
 }
@@ -307,8 +314,41 @@ void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *le
     return recv_reply(OP_ACQ_PROGRAM, &op, len, NULL, err, errlen);
 }
 
+/* After a broker restart: connect again and take our lease back (RECLAIM),
+ * so that dlopen keeps working and our images keep their references.  The
+ * mappings never depended on the broker; a new epoch means new placements
+ * that may clash with ours, so then we stay without a broker. */
+static int reconnect(char *err, size_t errlen)
+{
+    uint64_t old_epoch = epoch;
+    close(ldp_broker_fd);
+    ldp_broker_fd = -1;
+    conn_lost = 0;
+    if (connect_socket(err, errlen) < 0 || send_hello(err, errlen) < 0 || recv_hello(err, errlen) < 0) return -1;
+    if (epoch != old_epoch) {
+        snprintf(err, errlen, "the broker restarted with a new epoch; dlopen through it is not possible");
+        return -1;
+    }
+    struct buf b = {0};
+    char num[32];
+    snprintf(num, sizeof num, "%lu", ldp_objs[ldp_main]->plan->h->lease);
+    put(&b, "lease", num);
+    snprintf(num, sizeof num, "%lu", epoch);
+    put(&b, "epoch", num);
+    for (uint32_t i = 0; i < ldp_nobj; i++) {
+        snprintf(num, sizeof num, "0x%lx", ldp_objs[i] ? ldp_objs[i]->o->map_start : 0);
+        put(&b, "addr", num);
+    }
+    uint32_t op;
+    size_t len;
+    char *r = call(OP_RECLAIM, &b, &op, &len, NULL, err, errlen);
+    free(b.p);
+    free(r);
+    return r ? 0 : -1;
+}
+
 void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int mode, size_t *len,
-                                 int *notfound, char *err, size_t errlen)
+                                 int *unserved, char *err, size_t errlen)
 {
     struct buf b = {0};
     char num[32];
@@ -320,8 +360,11 @@ void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int
     put(&b, "flags", num);
     uint32_t op;
     char *r = call(OP_ACQ_LIBRARY, &b, &op, len, NULL, err, errlen);
+    if (!r && conn_lost && reconnect(err, errlen) == 0)
+        r = call(OP_ACQ_LIBRARY, &b, &op, len, NULL, err, errlen);
     free(b.p);
-    *notfound = 0;
+    /* no broker, or one that cannot serve this lease: ld.so can still load it */
+    *unserved = !r && (conn_lost || ldp_broker_fd < 0 || strstr(err, "not supported")) ? -1 : 0;
     return r;
 }
 

@@ -81,11 +81,14 @@ static void *dlopen_locked(const char *file, int mode, void *caller)
     struct ldp_rt *req = ldp_find_addr(caller);
     char err[512];
     size_t len;
-    int notfound = 0;
-    void *buf = ldp_broker_acquire_library(file, req, mode, &len, &notfound, err, sizeof err);
+    int unserved = 0;
+    void *buf = ldp_broker_acquire_library(file, req, mode, &len, &unserved, err, sizeof err);
     if (!buf) {
-        if (notfound) ldp_set_error("%s: cannot open shared object file: No such file or directory", file);
-        else ldp_set_error("%s", err);
+        if (unserved < 0) {
+            ldp_note("note: dlopen(%s) goes to ld.so: %s", file, err);
+            return dlopen(file, mode);
+        }
+        ldp_set_error("%s", err);
         return NULL;
     }
     struct ldp_plan *p = malloc(sizeof *p);

@@ -134,8 +134,9 @@ extern int ldp_keep_preload;         /* LD_PRELOAD stays with ld.so (interposers
 int ldp_broker_connect(char *err, size_t errlen);
 void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, int *connect_failed,
                                  char *err, size_t errlen);
+/* NULL with *unserved = -1 when no broker can serve it (ld.so may load it instead) */
 void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int mode, size_t *len,
-                                 int *notfound, char *err, size_t errlen);
+                                 int *unserved, char *err, size_t errlen);
 void ldp_broker_release(uint64_t lease, uint32_t first, uint32_t n);
 uint64_t ldp_broker_pool_size(void);
 extern const char *ldp_socket_opt;
