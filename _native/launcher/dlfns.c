@@ -13,6 +13,13 @@ struct errstate { uint64_t marker; char *dlerr; int pending; };
 /* one lock for the pooled-object registry, recursive: initialisers run by
  * dlopen may call dlopen themselves */
 static pthread_mutex_t lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+static void fork_prepare(void) { pthread_mutex_lock(&lock); }
+static void fork_done(void) { pthread_mutex_unlock(&lock); }
+
+/* a fork while another thread is inside dlopen must not leave the child
+ * with the lock held by a thread it does not have */
+void ldp_dl_setup(void) { pthread_atfork(fork_prepare, fork_done, fork_done); }
+
 #define LOCKED(type, call) do { pthread_mutex_lock(&lock); type r_ = call; pthread_mutex_unlock(&lock); return r_; } while (0)
 
 void ldp_set_error(const char *fmt, ...)

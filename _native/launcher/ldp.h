@@ -118,6 +118,7 @@ int ldp_dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *
 int ldp_dl_find_object(void *pc, struct dl_find_object *res);
 void ldp_iterate_setup(void);
 int ldp_real_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *data);
+void ldp_dl_setup(void);
 void ldp_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void ldp_gdb_sync(void);              /* debugger.c */
 

@@ -230,6 +230,7 @@ int main(int argc, char **argv, char **envp)
     lap(-1);
     ldp_tls_setup();
     ldp_iterate_setup();
+    ldp_dl_setup();
     char pbuf[PATH_MAX], abuf[PATH_MAX];
     const char *prog = argv[i];
     const char *path = find_program(prog, pbuf, sizeof pbuf);
