@@ -48,6 +48,8 @@ struct ldp_rt {
     uint32_t index;              /* global index */
     int state, refcount, dlopened, global;
     const char *name, *path, *soname;
+    uint64_t dev, ino;           /* of path, on first need (ino 0: not yet / unknown) */
+    int statted;
     /* dynamic info of the mapped image */
     const Elf64_Sym *symtab;
     const char *strtab;

@@ -5,6 +5,7 @@
 #include "ldp.h"
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct ldp_rt **ldp_objs;
 uint32_t ldp_nobj, ldp_main = LDP_NONE;
@@ -157,15 +158,21 @@ struct ldp_rt *ldp_find_unloaded(const char *name) { return find_name(name, 1); 
 
 static struct ldp_rt *find_name(const char *name, int gone)
 {
-    char want[4096], have[4096];
+    struct stat want;
     int slash = strchr(name, '/') != NULL;
-    if (slash && !realpath(name, want)) return NULL;
+    /* the same file, as ld.so compares them (device and inode) */
+    if (slash && stat(name, &want) != 0) return NULL;
     for (uint32_t i = 0; i < ldp_nobj; i++) {
         struct ldp_rt *r = ldp_objs[i];
         if (!r || r->state < LDP_ST_MAPPED || (r->state == LDP_ST_GONE) != gone || (r->o->flags & LDP_OBJ_MAIN))
             continue;
         if (slash) {
-            if (realpath(r->path, have) && strcmp(have, want) == 0) return r;
+            if (!r->statted) {
+                struct stat st;
+                r->statted = 1;
+                if (stat(r->path, &st) == 0) r->dev = st.st_dev, r->ino = st.st_ino;
+            }
+            if (r->ino && r->ino == want.st_ino && r->dev == want.st_dev) return r;
         } else if (needed_matches(r, name)) {
             return r;
         }
