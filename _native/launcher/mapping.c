@@ -34,16 +34,30 @@ int ldp_map_plan(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
             unmap_first(p, i);
             return -1;
         }
-        for (uint32_t k = o->seg_first; k < o->seg_first + o->seg_count; k++) {
+        uint32_t end = o->seg_first + o->seg_count;
+        for (uint32_t k = o->seg_first; k < end; k++) {
             const struct ldp_seg *s = &p->seg[k];
+            /* one mmap for a run of segments that map alike: private and
+             * anonymous pages all start writable, their final protections
+             * come per segment in ldp_protect_plan */
+            uint64_t len = s->len;
+            while (k + 1 < end) {
+                const struct ldp_seg *n = &p->seg[k + 1];
+                if (n->kind != s->kind || n->addr != s->addr + len ||
+                    (s->kind == LDP_SEG_SHARED && n->prot != s->prot) ||
+                    (s->kind != LDP_SEG_ANON && n->pool_off != s->pool_off + len))
+                    break;
+                len += n->len;
+                k++;
+            }
             void *r;
             if (s->kind == LDP_SEG_SHARED)
-                r = mmap((void *)s->addr, s->len, s->prot, MAP_SHARED | MAP_FIXED, poolfd, s->pool_off);
+                r = mmap((void *)s->addr, len, s->prot, MAP_SHARED | MAP_FIXED, poolfd, s->pool_off);
             else if (s->kind == LDP_SEG_PRIVATE)
-                r = mmap((void *)s->addr, s->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, poolfd,
+                r = mmap((void *)s->addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, poolfd,
                          s->pool_off);
             else
-                r = mmap((void *)s->addr, s->len, PROT_READ | PROT_WRITE,
+                r = mmap((void *)s->addr, len, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
             if (r == MAP_FAILED) {
                 snprintf(err, errlen, "%s: cannot map segment at %#lx: %s", ldp_str(p, o->path), s->addr,
