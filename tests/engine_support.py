@@ -186,3 +186,24 @@ def live_check(pid, scope, i, relro_only=False):
         if not (b.rtype[k] in (5, 37) or b.flags[k] & reloc.F_IFUNC):
             bad.append(f"{elf.path}: reloc {k} type {b.rtype[k]} deferred without reason")
     return checked, len(deferred), bad
+
+
+def glibc_bindings(path, args, tmp_path):
+    """glibc's own start-up bindings of `path args` (LD_BIND_NOW=1
+    LD_DEBUG=bindings into LD_DEBUG_OUTPUT), without the PID prefix."""
+    env = dict(os.environ, LD_BIND_NOW="1", LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(tmp_path / "dbg"))
+    for k in ("LD_PRELOAD", "LD_LIBRARY_PATH"):
+        env.pop(k, None)
+    p = subprocess.Popen([path, *args], env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p.wait(timeout=60)
+    lines = set()
+    with open(tmp_path / f"dbg.{p.pid}") as f:
+        for line in f:
+            if "binding file " in line:
+                lines.add(line.split("\t", 1)[1].rstrip("\n"))
+    return lines
+
+
+def binding_requester(line):
+    return line[len("binding file "):].split(" [0] to ", 1)[0]

@@ -9,11 +9,10 @@ Lines from libraries the program dlopen()s later are not start-up bindings.
 import io
 import os
 import shutil
-import subprocess
 
 import pytest
 
-from engine_support import resolve
+from engine_support import binding_requester, glibc_bindings, resolve
 from loader import bindings
 
 LLVM = "/usr/lib/llvm-14/bin/"
@@ -41,23 +40,7 @@ def _path(prog):
 AVAILABLE = [(p, a) for p, a in PROGRAMS if _path(p) and os.access(_path(p), os.X_OK)]
 
 
-def glibc_bindings(path, args, tmp_path):
-    env = dict(os.environ, LD_BIND_NOW="1", LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(tmp_path / "dbg"))
-    for k in ("LD_PRELOAD", "LD_LIBRARY_PATH"):
-        env.pop(k, None)
-    p = subprocess.Popen([path, *args], env=env, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    p.wait(timeout=60)
-    lines = set()
-    with open(tmp_path / f"dbg.{p.pid}") as f:
-        for line in f:
-            if "binding file " in line:
-                lines.add(line.split("\t", 1)[1].rstrip("\n"))
-    return lines
-
-
-def requester(line):
-    return line[len("binding file "):].split(" [0] to ", 1)[0]
+requester = binding_requester
 
 
 @pytest.mark.parametrize("prog,args", AVAILABLE, ids=[os.path.basename(p) for p, _ in AVAILABLE])

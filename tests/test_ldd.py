@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import run_ldpool
+from engine_support import binding_requester, glibc_bindings
 from ldtrees import BASE_ENV, RTLD, build_tree, strip_addresses
 
 SYSTEM_DIRS = ["/usr/bin", "/usr/sbin", "/usr/lib/llvm-14/bin", "/lib/x86_64-linux-gnu"]
@@ -220,19 +221,10 @@ def test_bindings_flag(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr
     ours = r.stdout.splitlines()
     assert ours and all(l.startswith("binding file ") for l in ours)
-    env = dict(os.environ, LD_BIND_NOW="1", LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(tmp_path / "dbg"))
-    env.pop("LD_PRELOAD", None)
-    env.pop("LD_LIBRARY_PATH", None)
-    p = subprocess.Popen([prog, "--version"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    p.wait(timeout=60)
-    theirs = set()
-    with open(tmp_path / f"dbg.{p.pid}") as f:
-        for line in f:
-            if "binding file " in line:
-                theirs.add(line.split("\t", 1)[1].rstrip("\n"))
-    requesters = {l[len("binding file "):].split(" [0] to ", 1)[0] for l in ours}
+    theirs = glibc_bindings(prog, ["--version"], tmp_path)
+    requesters = {binding_requester(l) for l in ours}
     assert requesters == {prog, "/lib/x86_64-linux-gnu/liblzma.so.5"}
-    theirs = {l for l in theirs if l[len("binding file "):].split(" [0] to ", 1)[0] in requesters}
+    theirs = {l for l in theirs if binding_requester(l) in requesters}
     assert set(ours) == theirs and len(ours) == len(set(ours))
 
 
