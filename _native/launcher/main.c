@@ -293,9 +293,11 @@ int main(int argc, char **argv, char **envp)
         if (!dlopen(ldp_str(p, p->glibc[k]), RTLD_NOW | RTLD_GLOBAL)) ldp_die(127, "%s", dlerror());
     lap(3);
     ldp_objects_add(p);
-    if (ldp_map_plan(p, ldp_pool_fd, err, sizeof err) < 0) {
-        /* nothing of the program runs yet: ld.so can still take over */
-        if (!nofallback && !planfile) fallback(path, argv + i, err, 0);
+    int mapped = ldp_map_plan(p, ldp_pool_fd, err, sizeof err);
+    if (mapped < 0) {
+        /* nothing of the program runs yet: ld.so can still take over,
+         * unless a library changed under the plan (-2): that is an error */
+        if (mapped == -1 && !nofallback && !planfile) fallback(path, argv + i, err, 0);
         ldp_die(127, "%s", err);
     }
     ldp_set_identity(path);

@@ -60,18 +60,25 @@ struct ldp_obj {
     uint32_t tls_modid, reserved;  /* module id in ldpool's dynamic TLS index space */
     uint64_t relro_start, relro_end;
     uint64_t eh_frame_hdr;         /* runtime address of PT_GNU_EH_FRAME or 0 */
+    /* the file `path` names, as the plan was built from it: SEG_FILE
+     * segments are mapped from it only while it still is that file */
+    uint64_t file_dev, file_ino, file_size, file_mtime_ns;
 };
 
 enum {
     LDP_SEG_SHARED = 1,   /* MAP_SHARED from the pool, read-only (+exec) */
     LDP_SEG_PRIVATE = 2,  /* MAP_PRIVATE from the pool; writable while fixups run, then `prot` */
     LDP_SEG_ANON = 3,     /* anonymous zero pages (bss, stub slot tables) */
+    LDP_SEG_FILE = 4,     /* MAP_PRIVATE from the object's file `path` at file offset
+                             pool_off, read-only (+exec): pages the pre-relocated image
+                             holds unchanged (text, rodata), shared with ld.so's
+                             processes through the page cache; the pool need not hold them */
 };
 
 /* Segments cover each object's range page by page, in address order. */
 struct ldp_seg {
     uint64_t addr, len;   /* page aligned */
-    uint64_t pool_off;    /* page aligned offset in the pool (SHARED/PRIVATE) */
+    uint64_t pool_off;    /* page aligned offset in the pool (SHARED/PRIVATE) or the file (FILE) */
     uint32_t prot;        /* final PROT_* bits */
     uint32_t kind;
 };

@@ -74,7 +74,7 @@ static int check_fix(const struct ldp_plan *p, const struct ldp_obj *o, const st
         BAD("fixup at %#lx: unknown type %u", f->addr, f->type);
     }
     const struct ldp_seg *s = seg_of(p, o, f->addr, width);
-    if (!s || s->kind == LDP_SEG_SHARED)
+    if (!s || s->kind == LDP_SEG_SHARED || s->kind == LDP_SEG_FILE)
         BAD("fixup at %#lx (type %u) is outside the private pages of %s", f->addr, f->type,
             ldp_str(p, o->name));
     return 0;
@@ -144,9 +144,14 @@ int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t poo
             const struct ldp_seg *s = &p->seg[k];
             if (s->addr % PAGE || s->len % PAGE || s->len == 0 || s->addr < prev || s->addr + s->len > o->map_end)
                 BAD("%s: segment %u at %#lx+%#lx out of order or outside its range", nm, k, s->addr, s->len);
-            if (s->kind < LDP_SEG_SHARED || s->kind > LDP_SEG_ANON) BAD("%s: segment %u has kind %u", nm, k, s->kind);
+            if (s->kind < LDP_SEG_SHARED || s->kind > LDP_SEG_FILE) BAD("%s: segment %u has kind %u", nm, k, s->kind);
             if (s->prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) BAD("%s: segment %u bad protection", nm, k);
-            if (s->kind != LDP_SEG_ANON) {
+            if (s->kind == LDP_SEG_FILE) {
+                uint64_t fend = (o->file_size + PAGE - 1) & ~(uint64_t)(PAGE - 1);
+                if (s->pool_off % PAGE || s->pool_off >= fend || s->len > fend - s->pool_off)
+                    BAD("%s: file segment %u outside the file", nm, k);
+                if (s->prot & PROT_WRITE) BAD("%s: file segment %u is writable", nm, k);
+            } else if (s->kind != LDP_SEG_ANON) {
                 if (s->pool_off % PAGE || s->pool_off > h->pool_size || s->len > h->pool_size - s->pool_off)
                     BAD("%s: segment %u outside the pool", nm, k);
                 if (s->kind == LDP_SEG_SHARED && (s->prot & PROT_WRITE))
