@@ -324,3 +324,44 @@ cdef array.array _relr(const uint64_t[::1] relr, uint64_t l_addr):
 
 
 include "reloc_apply.pxi"
+
+
+def pages_touched(b, uint64_t image_addr, uint64_t size, select=None, uint64_t page_size=4096):
+    """'B' per page of [image_addr, image_addr+size): 1 where a selected
+    relocation (all, RELR included, when `select` is None) writes a byte."""
+    cdef Py_ssize_t npages = (size + page_size - 1) // page_size, i, n = b.count
+    cdef array.array out = array.clone(_u8, npages, True)
+    cdef uint8_t *o = <uint8_t *>out.data.as_uchars
+    cdef const uint64_t[::1] addr = b.addr
+    cdef const uint32_t[::1] typ = b.rtype
+    cdef const uint64_t[::1] relr = b.relr
+    cdef const uint8_t[::1] sel
+    cdef bint all_ = select is None
+    cdef uint64_t a, w, p
+    if not all_:
+        sel = select
+    with nogil:
+        for i in range(n):
+            if not all_ and not sel[i]:
+                continue
+            if typ[i] == R_NONE:
+                continue
+            w = 16 if typ[i] == R_TLSDESC else (4 if typ[i] == R_PC32 or typ[i] == R_32
+                                               or typ[i] == R_32S or typ[i] == R_SIZE32 else 8)
+            a = addr[i]
+            if a + w <= image_addr or a >= image_addr + size:
+                continue
+            p = (a - image_addr) // page_size if a >= image_addr else 0
+            o[p] = 1
+            p = (a + w - 1 - image_addr) // page_size
+            if p < <uint64_t>npages:
+                o[p] = 1
+        if all_:
+            for i in range(relr.shape[0]):
+                a = relr[i]
+                if image_addr <= a < image_addr + size:
+                    o[(a - image_addr) // page_size] = 1
+                    p = (a + 7 - image_addr) // page_size
+                    if p < <uint64_t>npages:
+                        o[p] = 1
+    return out

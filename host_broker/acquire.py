@@ -194,7 +194,7 @@ def _find_requester(res, requester):
 def empty_plan(pool_size, first_index=0, placed=()):
     """A plan with object ranges only (no segments, fixups or imports): the
     answer to a dlopen of something the lease already holds."""
-    objs = b"".join(struct.pack("<QQQ", p.base, p.map_start, p.map_end) + bytes(216 - 24)
+    objs = b"".join(struct.pack("<QQQ", p.base, p.map_start, p.map_end) + bytes(248 - 24)
                     for p in placed)
     end = HDR_SIZE + len(objs)
     return HDR.pack(b"LDPPLAN1", 1, HDR_SIZE, len(placed), 0, 0, 0, 0, 0xFFFFFFFF, 0, first_index,

@@ -23,7 +23,7 @@ import time
 from loader import protocol as P
 from loader.errors import BrokerError
 
-OBJ_SIZE = 216               # sizeof(struct ldp_obj)
+OBJ_SIZE = 248               # sizeof(struct ldp_obj)
 _HDR = struct.Struct("<8sII IIII II II 8Q QQQQ")
 
 

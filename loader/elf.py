@@ -82,6 +82,7 @@ class ElfFile(ElfTables):
                 raise ElfError(self.path, "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
             self.size = st.st_size
             self.st_dev, self.st_ino = st.st_dev, st.st_ino
+            self.st_mtime_ns = st.st_mtime_ns     # with dev, ino, size: which file a plan maps text from
             if self.size < 4:
                 raise ElfError(self.path, "not an ELF file (too short)")
             try:

@@ -168,6 +168,10 @@ class ImageInfo:
     # the canonical one (ranges keep the broker's journal small)
     shared_ranges: tuple = ()
     nrelocs: int = 0                # relocations seen (relative included)
+    # page index ranges [first, end) of the span whose pre-relocated bytes
+    # are the file's own (no relocation writes there): a host process maps
+    # them from the library file, so the pool need not hold them
+    file_ranges: tuple = ()
 
 
 def page_ranges(pages):
@@ -232,6 +236,54 @@ def write_stubs(lay, base, out, used):
         out[at:at + STUB_SIZE] = b"\xff\x25" + struct.pack("<i", disp) + b"\xcc\xcc"
 
 
+def file_backing(elf, lay):
+    """[(first page, end page, file offset of first)] (pages from lo) that a
+    PT_LOAD maps from the file whole: pages shared by two segments or
+    reaching past the end of the file are left out."""
+    runs, owner = [], {}
+    for s in elf.loads:
+        if not s.filesz:
+            continue
+        start = page_down(s.vaddr)
+        first = (start - lay.lo) // PAGE
+        end = (page_up(s.vaddr + s.filesz) - lay.lo) // PAGE
+        foff = s.offset - (s.vaddr - start)
+        end = min(end, first + (page_up(elf.size) - foff) // PAGE)
+        for p in (first, end - 1):
+            owner[p] = owner.get(p, 0) + 1
+        runs.append([first, end, foff])
+    shared = {p for p, n in owner.items() if n > 1}
+    out = []
+    for first, end, foff in runs:
+        if first in shared:
+            first, foff = first + 1, foff + PAGE
+        if end - 1 in shared:
+            end -= 1
+        if first < end:
+            out.append((first, end, foff))
+    return out
+
+
+def file_ranges(elf, lay, out, touched):
+    """Page ranges of the image `out` equal to the file at the same offset
+    and written by no relocation (`touched`: 'B' per page)."""
+    pages = []
+    size = elf.size
+    for first, end, foff in file_backing(elf, lay):
+        for p in range(first, end):
+            if touched[p]:
+                continue
+            at = p * PAGE
+            f = foff + (p - first) * PAGE
+            n = min(PAGE, size - f)
+            if out[at:at + n] != elf.buf[f:f + n]:
+                continue
+            if n < PAGE and any(out[at + n:at + PAGE]):
+                continue
+            pages.append(p)
+    return page_ranges(pages)
+
+
 def relro_range(elf, base):
     r = elf.segment(PT_GNU_RELRO)
     if r is None:
@@ -253,6 +305,21 @@ def build_image(elf, base, canonical_scope, out_buffer, key=None):
         raise ValueError(f"canonical scope of {elf.path} must start with the object at its base")
     write_memory_image(elf, lay, out)
     info = ImageInfo(key or image_key(elf), elf.path, base, lay)
-    prerelocate.prerelocate(elf, base, lay, canonical_scope, out, info)
+    b = prerelocate.prerelocate(elf, base, lay, canonical_scope, out, info)
     write_stubs(lay, base, out, [i for i, _ in info.stubs.values()])
+    from _native import reloc
+    info.file_ranges = file_ranges(elf, lay, out, reloc.pages_touched(b, base + lay.lo, lay.span))
     return info
+
+
+def pool_ranges(info):
+    """Byte ranges [(start, end)] of an image's pool bytes that hold
+    something the file does not: everything but info.file_ranges."""
+    out, at = [], 0
+    for a, b in info.file_ranges:
+        if a * PAGE > at:
+            out.append((at, a * PAGE))
+        at = b * PAGE
+    if at < info.layout.pool_size:
+        out.append((at, info.layout.pool_size))
+    return out

@@ -107,9 +107,37 @@ def _map_object(p, o, fd):
         raise
 
 
+def _open_file(p, o):
+    """The object's file if it is still the one the plan was made from
+    (SEG_FILE pages come from it; the pool does not hold them)."""
+    path = p.string(o["path"])
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LdpoolError(f"{path}: cannot open: {e.strerror}") from None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
+            o["file_dev"], o["file_ino"], o["file_size"], o["file_mtime_ns"]):
+        os.close(fd)
+        raise LdpoolError(f"{path}: library changed on disk since it was pooled")
+    return fd
+
+
 def _map_segments(p, o, fd):
-    for addr, length, off, prot, kind in p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]:
-        if kind == pf.SEG_SHARED:
+    segs = p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]
+    filefd = _open_file(p, o) if any(s[4] == pf.SEG_FILE for s in segs) else -1
+    try:
+        _map_each(p, o, fd, filefd, segs)
+    finally:
+        if filefd >= 0:
+            os.close(filefd)
+
+
+def _map_each(p, o, fd, filefd, segs):
+    for addr, length, off, prot, kind in segs:
+        if kind == pf.SEG_FILE:
+            r = _mmap(addr, length, prot, MAP_PRIVATE | MAP_FIXED, filefd, off)
+        elif kind == pf.SEG_SHARED:
             r = _mmap(addr, length, prot, MAP_SHARED | MAP_FIXED, fd, off)
         elif kind == pf.SEG_PRIVATE:
             r = _mmap(addr, length, prot | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, off)
@@ -121,7 +149,7 @@ def _map_segments(p, o, fd):
 
 def _protect(p, o):
     for addr, length, off, prot, kind in p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]:
-        if kind != pf.SEG_SHARED and prot & PROT_WRITE == 0:
+        if kind not in (pf.SEG_SHARED, pf.SEG_FILE) and prot & PROT_WRITE == 0:
             _mprotect(addr, length, prot)
     if o["relro_end"] > o["relro_start"]:
         _mprotect(o["relro_start"], o["relro_end"] - o["relro_start"], PROT_READ)

@@ -112,10 +112,22 @@ def _env_bind_now(resolution):
     return bool(env.get("LD_BIND_NOW"))
 
 
+def _text_in_pool(source, text_in_pool):
+    """The mapping policy: None takes the source's (source.text_in_pool:
+    the pool holds whole images, for clients that cannot see host files;
+    a source without it keeps whole images but host clients map text from
+    the files all the same)."""
+    if text_in_pool is None:
+        return bool(getattr(source, "text_in_pool", False))
+    return text_in_pool
+
+
 def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, lease=0,
-               static_tls_used=0, with_stats=False):
+               static_tls_used=0, with_stats=False, text_in_pool=None):
     """The plan of a program: every object of `resolution` (a
-    loader.resolve.Resolution, main program first)."""
+    loader.resolve.Resolution, main program first).  `text_in_pool`: map
+    every page from the pool (True) or the pages identical to the file
+    from the file (False); None: the source's policy."""
     objs = resolution.objects
     if resolution.missing:
         raise _missing_error(resolution)
@@ -132,11 +144,12 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
     init = [k for k in order if k in placed and k != main]
     glibc = [k for k, o in enumerate(objs) if o.is_glibc]
     return _assemble(objs, source, Scope(entries), entries, placed, gindex, pooled, tls,
-                     (tls_size, tls_align), init, glibc, first_index, bind_now, lease, with_stats)
+                     (tls_size, tls_align), init, glibc, first_index, bind_now, lease, with_stats,
+                     text_in_pool=_text_in_pool(source, text_in_pool))
 
 
 def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, lease=0,
-                      with_stats=False):
+                      with_stats=False, text_in_pool=None):
     """The plan of a dlopen: `new` are the objects resolve_dlopen added to
     `resolution` (already appended to resolution.objects), the root first.
     They are relocated as glibc does: global scope (the objects loaded
@@ -145,9 +158,10 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
     TLS cannot be dlopen'ed through the pool yet."""
     objs = resolution.objects
     bind_now = bind_now or _env_bind_now(resolution)
+    text_in_pool = _text_in_pool(source, text_in_pool)
     if not new:
         return _assemble(objs, source, None, [], {}, {}, [], {}, (0, 1), [], [], first_index,
-                         bind_now, lease, with_stats)
+                         bind_now, lease, with_stats, text_in_pool=text_in_pool)
     pos = {id(o): k for k, o in enumerate(objs)}
     planned = {pos[id(o)] for o in new}
     entries, placed, gindex = _placements(objs, source, first_index, planned)
@@ -172,11 +186,12 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
     init = [k for k in order if k in planned and k in placed]
     glibc = [k for k in sorted(planned) if objs[k].is_glibc]
     return _assemble(objs, source, scope, entries, placed, gindex, pooled, {}, (0, 1), init, glibc,
-                     first_index, bind_now, lease, with_stats, dynamic_tls=True)
+                     first_index, bind_now, lease, with_stats, dynamic_tls=True,
+                     text_in_pool=text_in_pool)
 
 
 def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_total, init, glibc,
-              first_index, bind_now, lease, with_stats, dynamic_tls=False):
+              first_index, bind_now, lease, with_stats, dynamic_tls=False, text_in_pool=True):
     data = pf.PlanData(first_index=first_index, lease=lease, pool_size=source.pool_size)
     strings = data.strings
     ctx = SimpleNamespace(entries=entries, scope=scope, placed=placed, source=source,
@@ -189,9 +204,12 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
         elf, base = o.elf, p.base
         fs = object_fixups(ctx, k)
         counts[gindex[k]] = fs
-        segs = object_segments(elf, p, fs.pages)
+        segs = object_segments(elf, p, fs.pages, from_file=not text_in_pool)
         rec = {"l_addr": base, "map_start": p.map_start, "map_end": p.map_end,
                "phdr": _phdr_addr(elf, base), "phnum": elf.e_phnum,
+               # the file the launcher maps SEG_FILE pages from must be this one
+               "file_dev": elf.st_dev, "file_ino": elf.st_ino, "file_size": elf.size,
+               "file_mtime_ns": elf.st_mtime_ns,
                "seg_first": len(data.segments), "seg_count": len(segs),
                "fix_first": len(data.fixups), "fix_count": len(fs.fixes)}
         data.segments += segs
@@ -237,17 +255,17 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
 
 
 def plan_stats(plan):
-    """[{index, path, shared, private, anon, fixups}] pages per object, and totals."""
+    """[{index, path, shared, private, anon, file, fixups}] pages per object, and totals."""
     p = pf.unpack(plan) if isinstance(plan, (bytes, bytearray, memoryview)) else plan
     rows = []
     for i, o in enumerate(p.objects):
         c = {"index": p.hdr["first_index"] + i, "path": p.string(o["path"]),
-             "shared": 0, "private": 0, "anon": 0, "fixups": o["fix_count"]}
+             "shared": 0, "private": 0, "anon": 0, "file": 0, "fixups": o["fix_count"]}
         for addr, length, off, prot, kind in p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]:
             if prot or kind != pf.SEG_ANON:
                 c[pf.SEG_NAMES[kind]] += length // PAGE
         rows.append(c)
-    total = {k: sum(r[k] for r in rows) for k in ("shared", "private", "anon", "fixups")}
+    total = {k: sum(r[k] for r in rows) for k in ("shared", "private", "anon", "file", "fixups")}
     return rows, total
 
 
@@ -264,17 +282,19 @@ def explain(plan):
         r = rows[i]
         out.append(f"[{r['index']}] {p.string(o['path'])}  l_addr={o['l_addr']:#x} "
                    f"range={o['map_start']:#x}-{o['map_end']:#x} pages shared={r['shared']} "
-                   f"private={r['private']} anon={r['anon']} fixups={o['fix_count']}"
+                   f"private={r['private']} anon={r['anon']} file={r['file']} fixups={o['fix_count']}"
                    + (f" tls(tpoff={o['tls_tpoff']}, modid={o['tls_modid']})" if o["tls_modid"] else ""))
         for addr, length, off, prot, kind in p.segments[o["seg_first"]:o["seg_first"] + o["seg_count"]]:
             pr = ("r" if prot & PROT_READ else "-") + ("w" if prot & PROT_WRITE else "-") + ("x" if prot & PROT_EXEC else "-")
             out.append(f"    {addr:#x}-{addr + length:#x} {pr} {pf.SEG_NAMES[kind]}"
-                       + (f" pool+{off:#x}" if kind != pf.SEG_ANON else ""))
+                       + (f" file+{off:#x}" if kind == pf.SEG_FILE else
+                          f" pool+{off:#x}" if kind != pf.SEG_ANON else ""))
     for i, (name, ver, flags, _) in enumerate(p.imports):
         out.append(f"  import {i}: {p.string(name)}" + (f"@{p.string(ver)}" if ver != pf.NONE else "")
                    + (" weak" if flags & pf.IMP_WEAK else "") + (" func" if flags & pf.IMP_FUNC else "")
                    + (" tls" if flags & pf.IMP_TLS else ""))
-    out.append(f"total pages: shared={total['shared']} private={total['private']} anon={total['anon']}")
+    out.append(f"total pages: shared={total['shared']} private={total['private']} anon={total['anon']} "
+               f"file={total['file']}")
     return "\n".join(out)
 
 

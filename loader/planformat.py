@@ -9,7 +9,7 @@ VERSION = 1
 NONE = 0xFFFFFFFF
 
 HDR = struct.Struct("<8s10I8Q4Q")
-OBJ = struct.Struct("<5Q2I2I2I2I3Q6Q4Qq2I3Q")
+OBJ = struct.Struct("<5Q2I2I2I2I3Q6Q4Qq2I3Q4Q")
 SEG = struct.Struct("<3Q2I")
 FIX = struct.Struct("<QIIqQ")
 IMP = struct.Struct("<4I")
@@ -17,12 +17,13 @@ IMP = struct.Struct("<4I")
 OBJ_FIELDS = ("l_addr map_start map_end l_ld phdr phnum flags name path seg_first seg_count "
               "fix_first fix_count entry init fini preinit_array preinit_count init_array "
               "init_count fini_array fini_count tls_image tls_filesz tls_memsz tls_align "
-              "tls_tpoff tls_modid reserved relro_start relro_end eh_frame_hdr").split()
+              "tls_tpoff tls_modid reserved relro_start relro_end eh_frame_hdr "
+              "file_dev file_ino file_size file_mtime_ns").split()
 SEG_FIELDS = "addr len pool_off prot kind".split()
 FIX_FIELDS = "addr type sym addend aux".split()
 
 OBJ_MAIN, OBJ_PRELOAD, OBJ_NODELETE, OBJ_BIND_NOW = 1, 2, 4, 8
-SEG_SHARED, SEG_PRIVATE, SEG_ANON = 1, 2, 3
+SEG_SHARED, SEG_PRIVATE, SEG_ANON, SEG_FILE = 1, 2, 3, 4
 FIX_ABS64, FIX_SYM64, FIX_SYM_PC32, FIX_SYM32, FIX_SYM32S, FIX_IRELATIVE = 1, 2, 3, 4, 5, 6
 FIX_DTPMOD, FIX_TPOFF, FIX_TLSDESC, FIX_COPY, FIX_GLIBC_TPOFF = 7, 8, 9, 10, 11
 IMP_WEAK, IMP_FUNC, IMP_TLS = 1, 2, 4
@@ -31,7 +32,7 @@ FIX_NAMES = {FIX_ABS64: "ABS64", FIX_SYM64: "SYM64", FIX_SYM_PC32: "SYM_PC32", F
              FIX_SYM32S: "SYM32S", FIX_IRELATIVE: "IRELATIVE", FIX_DTPMOD: "DTPMOD",
              FIX_TPOFF: "TPOFF", FIX_TLSDESC: "TLSDESC", FIX_COPY: "COPY",
              FIX_GLIBC_TPOFF: "GLIBC_TPOFF"}
-SEG_NAMES = {SEG_SHARED: "shared", SEG_PRIVATE: "private", SEG_ANON: "anon"}
+SEG_NAMES = {SEG_SHARED: "shared", SEG_PRIVATE: "private", SEG_ANON: "anon", SEG_FILE: "file"}
 
 
 class Strings:

@@ -2,13 +2,17 @@
 ldp_seg): text, rodata and RELRO shared read-only from the pool unless a
 fixup writes there; .data private copy-on-write from the pool; bss past
 the file data anonymous; holes between segments PROT_NONE; stub pages
-shared r-x; slot pages anonymous read-write.  Works on page intervals, so
+shared r-x; slot pages anonymous read-write.  With `from_file`, shared
+pages whose image bytes are the file's own (ImageInfo.file_ranges) are
+mapped from the library file instead, as ld.so would: the pool then need
+not hold them at all.  Works on page intervals, so
 its cost follows the number of segments and fixup pages, not the size."""
 import bisect
 
 from loader import planformat as pf
 from loader.elf import PF_W, PT_GNU_RELRO
-from loader.image import PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, page_down, page_up, prot_of
+from loader.image import (PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, file_backing, page_down,
+                          page_up, prot_of)
 
 
 def _intervals(elf, base):
@@ -52,17 +56,46 @@ def _intervals(elf, base):
     return out
 
 
-def object_segments(elf, placed, fix_pages):
+def _file_runs(elf, info):
+    """[(first page, end page, file offset of first)] of info.file_ranges."""
+    backing = file_backing(elf, info.layout)
+    out = []
+    for a, b in info.file_ranges:
+        for first, end, foff in backing:
+            lo, hi = max(a, first), min(b, end)
+            if lo < hi:
+                out.append((lo, hi, foff + (lo - first) * PAGE))
+    return sorted(out)
+
+
+def object_segments(elf, placed, fix_pages, from_file=False):
     base = placed.base
     lay = placed.info.layout
     span0 = base + lay.lo
     fixes = sorted(fix_pages)
     rows = []
+    files = _file_runs(elf, placed.info) if from_file else []
 
     def emit(addr, end, kind, prot):
         if addr >= end:
             return
-        off = placed.pool_off + (addr - span0) if kind != pf.SEG_ANON else 0
+        if kind == pf.SEG_SHARED and files:
+            i = bisect.bisect_right(files, ((addr - span0) // PAGE, 1 << 62)) - 1
+            i = max(i, 0)
+            while i < len(files) and addr < end:
+                first, last, foff = files[i]
+                lo, hi = max(addr, span0 + first * PAGE), min(end, span0 + last * PAGE)
+                i += 1
+                if lo >= hi:
+                    continue
+                put(addr, lo, kind, prot, placed.pool_off + (addr - span0))
+                put(lo, hi, pf.SEG_FILE, prot, foff + (lo - span0 - first * PAGE))
+                addr = hi
+        put(addr, end, kind, prot, placed.pool_off + (addr - span0) if kind != pf.SEG_ANON else 0)
+
+    def put(addr, end, kind, prot, off):
+        if addr >= end:
+            return
         if rows:
             a, n, o, p, k = rows[-1]
             if k == kind and p == prot and a + n == addr and (kind == pf.SEG_ANON or o + n == off):

@@ -197,12 +197,16 @@ def test_plan_replays_to_what_the_engine_computes(prog, pool):
             assert nxt is None or nxt[0] == a + n
             if kind == pf.SEG_SHARED:
                 assert not prot & 2 and off + n <= p.hdr["pool_size"]
+            if kind == pf.SEG_FILE:
+                assert not prot & 2 and off % 4096 == 0 and off < o["file_size"]
         written = {f[0] & ~4095 for f in p.fixups[o["fix_first"]:o["fix_first"] + o["fix_count"]]}
         for a, n, off, prot, kind in segs:
-            if kind == pf.SEG_SHARED:
+            if kind in (pf.SEG_SHARED, pf.SEG_FILE):
                 assert not any(a <= w < a + n for w in written)
     rows, total = plan_stats(p)
-    assert total["shared"] > total["private"]
+    assert total["shared"] + total["file"] > total["private"]
+    # text comes from the files
+    assert total["file"] > total["shared"]
 
 
 @pytest.mark.parametrize("prog,args", [("/usr/bin/curl", ["--version"]), ("/usr/bin/git", ["--version"]),
