@@ -109,7 +109,7 @@ def _hello_plan(tmp_path, env):
     (tmp_path / "h.c").write_text('#include <stdio.h>\nint main(void){ puts("hi"); return 0; }\n')
     subprocess.run(["gcc", "-O2", "-o", "h", "h.c"], check=True, cwd=tmp_path)
     import sys
-    subprocess.run([sys.executable, "-m", "loader.plan", str(tmp_path / "h"), "-o", str(tmp_path / "h.plan"),
+    subprocess.run([sys.executable, "-P", "-m", "loader.plan", str(tmp_path / "h"), "-o", str(tmp_path / "h.plan"),
                     "--pool-file", str(tmp_path / "h.pool"), "--pool-size", "0x1000000"],
                    check=True, env=env, cwd=tmp_path)
     return (tmp_path / "h.plan").read_bytes()

@@ -287,13 +287,14 @@ def via_launcher(tmp_path, argv, **kw):
     if exe is None:
         pytest.fail("ldpool-exec is not on PATH: run tools/dev-build")
     plan, poolf = tmp_path / "prog.plan", f"/dev/shm/ldpool-test-plan-{os.getpid()}"
-    # the loader and _native this test imported (a checkout or an installed package)
+    # the loader and _native this test imported (a checkout or an installed
+    # package); -P keeps a checkout in the cwd from shadowing an installed one
     import _native
     import loader
     roots = {os.path.dirname(os.path.dirname(m.__file__)) for m in (loader, _native)}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sorted(roots)))
     try:
-        subprocess.run([sys.executable, "-m", "loader.plan", argv[0], "-o", plan, "--pool-file", poolf],
+        subprocess.run([sys.executable, "-P", "-m", "loader.plan", argv[0], "-o", plan, "--pool-file", poolf],
                        check=True, env=env, capture_output=True)
         return subprocess.run([exe, "--plan", plan, "--pool", poolf] + argv, capture_output=True,
                               timeout=60, **kw)
