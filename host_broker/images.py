@@ -4,10 +4,16 @@ placement and pool extent. It is the broker's `ImageSource`
 (loader/image.py documents the protocol): `place(obj)` builds an image once,
 its canonical scope first, and returns the same PlacedImage for the rest of
 the epoch. The broker always reads library files itself (through
-loader.elf), never bytes from a client."""
+loader.elf), never bytes from a client.
+
+By default the pool holds only the pages relocation or stubs make differ
+from the library file (ImageInfo.file_ranges are never written: sparse,
+they cost no memory) and host clients map the rest from the file itself;
+`text_in_pool` keeps whole images, for clients that cannot see host files."""
 import bisect
 import dataclasses
 import hashlib
+import mmap
 import os
 
 from loader import image as limage
@@ -21,7 +27,7 @@ PAGE = 4096
 
 class ImageRecord:
     __slots__ = ("key", "path", "soname", "placed", "extent_va", "sha256", "deps",
-                 "state", "uids", "relro_bytes", "_info_json", "restored")
+                 "state", "uids", "relro_bytes", "_info_json", "restored", "sparse")
 
     def __init__(self, key, path, soname, placed, extent_va, sha256, deps, state="live"):
         self.key, self.path, self.soname, self.placed = key, path, soname, placed
@@ -30,6 +36,7 @@ class ImageRecord:
         self.relro_bytes = 0       # pages ld.so would relocate privately in every process
         self._info_json = None
         self.restored = False      # left by a previous broker: may be mapped without a lease
+        self.sparse = False        # the pool lacks its file_ranges (host clients map the file)
 
     def info_json(self):
         if self._info_json is None:
@@ -56,8 +63,9 @@ class ImageStore:
     """ImageSource over the shared pool."""
 
     def __init__(self, pool, placements, refs, on_change=lambda: None, deps_of=canonical_deps,
-                 builder=None, make_room=lambda: False):
+                 builder=None, make_room=lambda: False, text_in_pool=False):
         self.pool, self.placements, self.refs = pool, placements, refs
+        self.text_in_pool = text_in_pool   # the plans' policy too (loader.plan reads it)
         self.make_room = make_room
         self.admit = lambda obj: None   # raises when obj may not enter the pool
         self.touched = set()        # keys placed by the acquisition in progress
@@ -134,7 +142,10 @@ class ImageStore:
                 if placed.key in self.images:      # not a back edge of a cycle
                     dep_keys.append(placed.key)
             out = self.pool.view[pool_off:pool_off + lay.pool_size]
-            info = self.builder(elf, base, scope, out, key=key)
+            if self.text_in_pool:
+                info = self.builder(elf, base, scope, out, key=key)
+            else:
+                info = self._build_sparse(elf, base, scope, out, key)
         except BaseException:
             self.pool.free(pool_off)
             self._free_va(extent_va)
@@ -142,13 +153,31 @@ class ImageStore:
         finally:
             del self._building[key]
         placed = limage.PlacedImage(key, base, pool_off, lay.pool_size, info)
-        sha = hashlib.sha256(out).hexdigest()
+        sparse = not self.text_in_pool
+        sha = image_digest(out, info, sparse)
         rec = ImageRecord(key, obj.path, getattr(obj, "soname", None) or elf.soname or "",
                           placed, extent_va, sha, sorted(set(dep_keys)))
+        rec.sparse = sparse
         rec.relro_bytes = relro_bytes(elf)
         self._add(rec)
         self.on_change()
         return rec
+
+    def _build_sparse(self, elf, base, scope, out, key):
+        """Build in a scratch buffer, copy into the pool only what differs
+        from the file: the file's pages are never written there."""
+        scratch = mmap.mmap(-1, len(out))
+        try:
+            info = self.builder(elf, base, scope, scratch, key=key)
+            view = memoryview(scratch)
+            try:
+                for a, b in limage.pool_ranges(info):
+                    out[a:b] = view[a:b]
+            finally:
+                view.release()
+        finally:
+            scratch.close()
+        return info
 
     def _allocate(self, elf, lay):
         if elf.e_type == ET_EXEC:
@@ -201,7 +230,7 @@ class ImageStore:
                  "pool_off": r.placed.pool_off, "size": r.placed.size, "extent_va": r.extent_va,
                  "map_start": r.map_start, "map_end": r.map_end, "sha256": r.sha256,
                  "deps": r.deps, "state": r.state, "relro_bytes": r.relro_bytes,
-                 "info": r.info_json()}
+                 "sparse": r.sparse, "info": r.info_json()}
                 for r in self.images.values()]
 
     def restore(self, entries, log):
@@ -220,8 +249,13 @@ class ImageStore:
             except Exception as exc:
                 info, state = None, "quarantined"
                 log(f"image {e['path']}: journal entry unreadable ({exc}); quarantined")
+            sparse = e.get("sparse", False)
+            if state == "live" and sparse and self.text_in_pool:
+                state = "quarantined"
+                log(f"image {e['path']}: pooled without its text, this broker keeps text in the pool; "
+                    "set aside")
             if state == "live":
-                got = hashlib.sha256(self.pool.view[e["pool_off"]:e["pool_off"] + e["size"]]).hexdigest()
+                got = image_digest(self.pool.view[e["pool_off"]:e["pool_off"] + e["size"]], info, sparse)
                 if got != e["sha256"]:
                     state = "quarantined"
                     log(f"image {e['path']} at pool offset {e['pool_off']:#x}: content hash mismatch; quarantined")
@@ -231,6 +265,7 @@ class ImageStore:
             rec = ImageRecord(e["key"], e["path"], e["soname"], placed, e["extent_va"],
                               e["sha256"], e["deps"], state)
             rec.relro_bytes = e.get("relro_bytes", 0)
+            rec.sparse = sparse
             rec.restored = True
             rec._info_json = e["info"]
             if info is None:
@@ -240,6 +275,17 @@ class ImageStore:
             if rec.state == "quarantined":
                 self.refs.pins[rec.key] = self.refs.pins.get(rec.key, 0) + 1   # never evicted
         return bad
+
+
+def image_digest(view, info, sparse):
+    """SHA-256 of an image's pool bytes; of a sparse image, only its pool
+    ranges (reading the holes would allocate them)."""
+    if not sparse:
+        return hashlib.sha256(view).hexdigest()
+    h = hashlib.sha256()
+    for a, b in limage.pool_ranges(info):
+        h.update(view[a:b])
+    return h.hexdigest()
 
 
 class _Bare:

@@ -38,6 +38,10 @@ def add_arguments(p):
     p.add_argument("--group", help="open the socket to this group (mode 0660)")
     p.add_argument("--idle-exit", type=float, default=0,
                    help="exit after this many seconds without clients (0: never)")
+    p.add_argument("--text-in-pool", action="store_true",
+                   help="keep whole images (text too) in the pool and map every page from it, for "
+                        "clients that cannot see the host's files; by default the pool holds only "
+                        "the pages relocation changes and host clients map the rest from the files")
     p.add_argument("--detach", action="store_true",
                    help="start in the background; return once the socket accepts connections")
 
@@ -52,12 +56,13 @@ class Client:
 
 class Broker:
     def __init__(self, socket_path, pool_name, pool_size, linger, group=None, idle_exit=0,
-                 log=None):
+                 log=None, text_in_pool=False):
         self.socket_path, self.linger, self.group, self.idle_exit = socket_path, linger, group, idle_exit
         self.log = log or stderr_log
         self.pool_name = pool_name or P.default_pool_name(socket_path)
         journal = os.path.join(os.path.dirname(socket_path), self.pool_name.strip("/") + ".journal")
-        self.state = BrokerState(self.pool_name, pool_size, journal, linger, log=self.log)
+        self.state = BrokerState(self.pool_name, pool_size, journal, linger, log=self.log,
+                                 text_in_pool=text_in_pool)
         self.acquirer = Acquirer(self.state.store, log=self.log, public_only=bool(group))
         self.clients = {}
         self._next_client = 1
@@ -157,6 +162,8 @@ class Broker:
             if not self._build_lock.locked():
                 for rec in self.state.sweep():
                     self.log(f"evicted {rec.path} ({rec.placed.size >> 10} KiB at {rec.map_start:#x})")
+                if self.state.files_idle(time.monotonic()):
+                    self.state.drop_files()
             # bare connections (liveness probes) do not keep the broker alive
             if any(c.hello for c in list(self.clients.values())):
                 self._last_active = time.monotonic()
@@ -340,11 +347,13 @@ def run(args):
     prepare_dir(socket_path, args.group)
     if args.detach:
         return detach(args, socket_path, pool_size, lambda: Broker(
-            socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit))
+            socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit,
+            text_in_pool=args.text_in_pool))
     lockfd = lock(socket_path)          # held until the process exits
     if lockfd is None:
         raise BrokerError(f"another broker is already serving {socket_path}")
-    broker = Broker(socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit)
+    broker = Broker(socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit,
+                    text_in_pool=args.text_in_pool)
     broker.bind()
     asyncio.run(broker.serve())
     return 0

@@ -26,6 +26,7 @@ class BrokerState:
         self.mutex = threading.Lock()   # refcounts vs. evictions from the build thread
         self._maps = None
         self.quarantined = 0
+        self.last_flush = 0.0           # end of the last acquisition built in a worker
         d = os.path.dirname(journal_path) or "."
         for f in os.listdir(d):        # half-written journals of a killed broker
             if f.startswith(os.path.basename(journal_path) + ".tmp"):
@@ -123,8 +124,28 @@ class BrokerState:
         """End of one acquisition: journal the images it built (a crash
         before that loses only images no client was told about)."""
         self.store.touched.clear()
+        built = self.dirty
         if self.dirty:
             self.save()
+        self.last_flush = time.monotonic()
+        if built:
+            self.drop_files()
+
+    def drop_files(self):
+        """Unmap the library files the resolver keeps open: they stay in the
+        page cache (clients map them), not in the broker.  ElfFiles sit in
+        reference cycles (the resolution graph): collect them now."""
+        import gc
+        from loader.resolve import clear_caches
+        clear_caches()
+        gc.collect()
+
+    def files_idle(self, now):
+        """Whether the resolver's open files outlived their use: none opened
+        for a while and no acquisition in the last second."""
+        from loader import resolve
+        return (resolve._files is not None and now - resolve._files_born > resolve.FILES_TTL
+                and now - self.last_flush > 1.0)
 
     @property
     def epoch(self):

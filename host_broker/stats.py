@@ -42,6 +42,7 @@ def stats_for(broker, uid):
             "base": hex(rec.placed.base), "map_start": hex(rec.map_start),
             "va_size": rec.map_end - rec.map_start, "pool_off": rec.placed.pool_off,
             "pool_size": rec.placed.size, "relro_bytes": rec.relro_bytes,
+            "sparse": rec.sparse,
             "refs": n, "pins": refs.pins.get(rec.key, 0),
             "clients": len(clients_of.get(rec.key, ())),
             "state": rec.state if n or rec.state != "live" or idle is None else "lingering",

@@ -249,7 +249,7 @@ def file_backing(elf, lay):
         end = (page_up(s.vaddr + s.filesz) - lay.lo) // PAGE
         foff = s.offset - (s.vaddr - start)
         end = min(end, first + (page_up(elf.size) - foff) // PAGE)
-        for p in (first, end - 1):
+        for p in {first, end - 1}:
             owner[p] = owner.get(p, 0) + 1
         runs.append([first, end, foff])
     shared = {p for p, n in owner.items() if n > 1}
@@ -265,13 +265,17 @@ def file_backing(elf, lay):
 
 
 def file_ranges(elf, lay, out, touched):
-    """Page ranges of the image `out` equal to the file at the same offset
-    and written by no relocation (`touched`: 'B' per page)."""
+    """Page ranges of the image `out` equal to the file at the same offset,
+    written by no relocation (`touched`: 'B' per page) and read-only in a
+    process (read-only segments and RELRO: writable pages are private
+    copies of the pool, so the pool must hold them)."""
+    from loader.prerelocate import shareable_candidates
+    readonly = shareable_candidates(elf, lay)
     pages = []
     size = elf.size
     for first, end, foff in file_backing(elf, lay):
         for p in range(first, end):
-            if touched[p]:
+            if touched[p] or p not in readonly:
                 continue
             at = p * PAGE
             f = foff + (p - first) * PAGE
