@@ -70,6 +70,7 @@ class Broker:
         self._stop = None
         self._last_active = time.monotonic()
         self._idle_exit = False
+        self._hello_body = None         # the same for every client of this epoch
 
     # --- socket ---------------------------------------------------------------
     def bind(self):
@@ -108,10 +109,12 @@ class Broker:
                  f"{f', idle exit {self.idle_exit:g}s' if self.idle_exit else ''})")
         if ready:
             ready()
-        tasks = {asyncio.ensure_future(self._accept_loop()), asyncio.ensure_future(self._tick())}
+        loop.add_reader(self.sock.fileno(), self._accept)
+        tasks = {asyncio.ensure_future(self._tick())}
         try:
             await self._stop
         finally:
+            loop.remove_reader(self.sock.fileno())
             for t in tasks:
                 t.cancel()
             self.sock.close()
@@ -141,20 +144,26 @@ class Broker:
         journal.remove(st.journal_path)
         self.log(f"pool {st.pool_name} empty: removed")
 
-    async def _accept_loop(self):
+    def _accept(self):
+        """Every pending connection, each answered at once if its request
+        is already there (a starting program's usually is)."""
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _ = await loop.sock_accept(self.sock)
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as e:            # EMFILE and friends: keep serving the others
                 self.log(f"accept: {e.strerror}")
-                await asyncio.sleep(0.1)
-                continue
+                loop.remove_reader(self.sock.fileno())
+                loop.call_later(0.1, loop.add_reader, self.sock.fileno(), self._accept)
+                return
+            conn.setblocking(False)
             pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             client = Client(self._next_client, pid, uid, gid)
             self._next_client += 1
             self.clients[client.id] = client
-            await loop.connect_accepted_socket(lambda: Connection(self, conn, client), conn)
+            Connection(self, conn, client, loop).start()
 
     async def _tick(self):
         while True:
@@ -176,8 +185,8 @@ class Broker:
         n = self.state.refs.drop_client(client.id)
         del self.clients[client.id]
         if n or client.hello:
-            self.log(f"client {client.id} ({client.kind} pid {client.pid} uid {client.uid}) "
-                     f"gone, {n} leases released")
+            self.log(f"client {client.id} ({client.kind} pid {client.pid} uid {client.uid} gid {client.gid}"
+                     f"{' ' + client.name if client.name else ''}) gone, {n} leases released")
 
     def _dispatch(self, client, op, payload):
         """(reply frame, fd or None), or an awaitable of it for slow requests."""
@@ -226,13 +235,14 @@ class Broker:
             raise P.ProtocolError(f"unknown client kind '{kind}'")
         client.kind, client.name, client.hello = kind, req.text("name", "")[:64], True
         self._last_active = time.monotonic()
-        self.log(f"client {client.id}: {kind} pid {client.pid} uid {client.uid} gid {client.gid}"
-                 f"{' ' + client.name if client.name else ''}")
+        # no log line here: starts are the hot path; _gone logs the client
         st = self.state
-        body = P.encode_kv([("proto", 1), ("epoch", st.epoch), ("pool", st.pool_name),
-                            ("pool_size", st.pool.size), ("window", hex(st.pool.window)),
-                            ("window_size", hex(st.pool.window_size)), ("broker_pid", os.getpid())])
-        return body, (st.pool.readonly_fd() if kind == "process" else None)
+        if self._hello_body is None:
+            self._hello_body = P.encode_kv([
+                ("proto", 1), ("epoch", st.epoch), ("pool", st.pool_name),
+                ("pool_size", st.pool.size), ("window", hex(st.pool.window)),
+                ("window_size", hex(st.pool.window_size)), ("broker_pid", os.getpid())])
+        return self._hello_body, (st.pool.readonly_fd() if kind == "process" else None)
 
     def _acquire_program(self, client, payload):
         with self.state.mutex:

@@ -33,6 +33,8 @@ static int conn_lost;            /* the last call failed because the connection 
 
 struct buf { char *p; size_t n, cap; };
 
+static void put_frame(struct buf *out, uint32_t op, const struct buf *req);
+
 static void put(struct buf *b, const char *key, const char *val)
 {
     size_t k = strlen(key), v = strlen(val);
@@ -160,10 +162,14 @@ static int read_all(int fd, void *p, size_t n)
     return 0;
 }
 
+/* One frame in one send: every send wakes the broker up. */
 static int send_req(uint32_t op, struct buf *req, char *err, size_t errlen)
 {
-    uint32_t hdr[2] = {(uint32_t)req->n, op};
-    if (write_all(ldp_broker_fd, hdr, 8) < 0 || write_all(ldp_broker_fd, req->p, req->n) < 0) {
+    struct buf f = {0};
+    put_frame(&f, op, req);
+    int r = write_all(ldp_broker_fd, f.p, f.n);
+    free(f.p);
+    if (r < 0) {
         snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
         conn_lost = 1;
         return -1;
@@ -241,18 +247,33 @@ static int connect_socket(char *err, size_t errlen)
     return 0;
 }
 
+static void hello_payload(struct buf *b)
+{
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    put(b, "proto", "1");
+    put(b, "kind", "process");
+    put(b, "pid", pid);
+    put(b, "name", ldp_progname);
+}
+
 static int send_hello(char *err, size_t errlen)
 {
     struct buf b = {0};
-    char pid[32];
-    snprintf(pid, sizeof pid, "%d", (int)getpid());
-    put(&b, "proto", "1");
-    put(&b, "kind", "process");
-    put(&b, "pid", pid);
-    put(&b, "name", ldp_progname);
+    hello_payload(&b);
     int r = send_req(OP_HELLO, &b, err, errlen);
     free(b.p);
     return r;
+}
+
+/* Append one frame (header + payload) to out. */
+static void put_frame(struct buf *out, uint32_t op, const struct buf *req)
+{
+    uint32_t hdr[2] = {(uint32_t)req->n, op};
+    if (out->n + 8 + req->n > out->cap) out->p = realloc(out->p, out->cap = (out->n + 8 + req->n) * 2 + 256);
+    memcpy(out->p + out->n, hdr, 8);
+    memcpy(out->p + out->n + 8, req->p, req->n);
+    out->n += 8 + req->n;
 }
 
 static int recv_hello(char *err, size_t errlen)
@@ -281,15 +302,15 @@ int ldp_broker_connect(char *err, size_t errlen)
 
 uint64_t ldp_broker_pool_size(void) { return pool_size_from_hello; }
 
-/* Connect, then HELLO and ACQUIRE_PROGRAM in one write: the replies come
- * back in order, and the start-up pays one round trip instead of two.
+/* HELLO and ACQUIRE_PROGRAM in one write, prepared before connecting: the
+ * broker finds both when it accepts the connection and answers them in one
+ * wakeup, and the start-up pays one round trip instead of two.
  * Returns NULL with *connect_failed set when no broker could be reached. */
 void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *len, int *connect_failed,
                                  char *err, size_t errlen)
 {
     *connect_failed = 1;
-    if (connect_socket(err, errlen) < 0) return NULL;
-    struct buf b = {0};
+    struct buf b = {0}, h = {0}, out = {0};
     char cwd[PATH_MAX];
     put(&b, "path", path);
     put(&b, "argv0", argv0);
@@ -304,11 +325,20 @@ void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *le
         put(&b, "env", v);
         free(v);
     }
-    if (send_hello(err, errlen) < 0 || send_req(OP_ACQ_PROGRAM, &b, err, errlen) < 0 || recv_hello(err, errlen) < 0) {
-        free(b.p);
+    hello_payload(&h);
+    put_frame(&out, OP_HELLO, &h);
+    put_frame(&out, OP_ACQ_PROGRAM, &b);
+    free(h.p);
+    free(b.p);
+    if (connect_socket(err, errlen) < 0) { free(out.p); return NULL; }
+    int w = write_all(ldp_broker_fd, out.p, out.n);
+    free(out.p);
+    if (w < 0) {
+        snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
+        conn_lost = 1;
         return NULL;
     }
-    free(b.p);
+    if (recv_hello(err, errlen) < 0) return NULL;
     *connect_failed = 0;
     uint32_t op;
     return recv_reply(OP_ACQ_PROGRAM, &op, len, NULL, err, errlen);
