@@ -197,5 +197,5 @@ def empty_plan(pool_size, first_index=0, placed=()):
     objs = b"".join(struct.pack("<QQQ", p.base, p.map_start, p.map_end) + bytes(248 - 24)
                     for p in placed)
     end = HDR_SIZE + len(objs)
-    return HDR.pack(b"LDPPLAN1", 1, HDR_SIZE, len(placed), 0, 0, 0, 0, 0xFFFFFFFF, 0, first_index,
+    return HDR.pack(b"LDPPLAN1", 2, HDR_SIZE, len(placed), 0, 0, 0, 0, 0xFFFFFFFF, 0, first_index,
                     HDR_SIZE, *([end] * 6), 0, 0, 0, pool_size, 0) + objs

@@ -5,7 +5,7 @@ import struct
 from dataclasses import dataclass, field
 
 MAGIC = b"LDPPLAN1"
-VERSION = 1
+VERSION = 2
 NONE = 0xFFFFFFFF
 
 HDR = struct.Struct("<8s10I8Q4Q")

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define LDP_PLAN_MAGIC "LDPPLAN1"
-#define LDP_PLAN_VERSION 1
+#define LDP_PLAN_VERSION 2   /* 2: ldp_obj file identity, LDP_SEG_FILE */
 #define LDP_NONE 0xFFFFFFFFu
 
 struct ldp_plan_hdr {
