@@ -71,7 +71,7 @@ from cpython cimport array
 import array as pyarray
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t, int8_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memcmp
 
 from _native.symbols cimport (SymScope, ObjTab, ldp_sym, TC_NORMAL, TC_PLT, TC_COPY,
                               LK_FOUND, LK_WEAK_UNDEF, LK_UNDEF, LK_LOCAL, LK_BAD)
@@ -364,4 +364,29 @@ def pages_touched(b, uint64_t image_addr, uint64_t size, select=None, uint64_t p
                     p = (a + 7 - image_addr) // page_size
                     if p < <uint64_t>npages:
                         o[p] = 1
+    return out
+
+
+def same_pages(const uint8_t[::1] image, Py_ssize_t image_off, const uint8_t[::1] file,
+               Py_ssize_t file_off, Py_ssize_t npages, Py_ssize_t page_size=4096):
+    """'B' per page: 1 where image[image_off + i*page ...] holds the same
+    page as file[file_off + i*page ...]; past the end of the file a page
+    compares as the file's bytes followed by zeros (what mmap shows)."""
+    cdef array.array out = array.clone(_u8, npages, True)
+    cdef uint8_t *o = <uint8_t *>out.data.as_uchars
+    cdef Py_ssize_t i, a, f, n, k, isz = image.shape[0], fsz = file.shape[0]
+    cdef bint same
+    with nogil:
+        for i in range(npages):
+            a = image_off + i * page_size
+            f = file_off + i * page_size
+            if a < 0 or a + page_size > isz or f < 0 or f >= fsz:
+                continue
+            n = page_size if f + page_size <= fsz else fsz - f
+            same = memcmp(&image[a], &file[f], n) == 0
+            k = n
+            while same and k < page_size:
+                same = image[a + k] == 0
+                k += 1
+            o[i] = same
     return out

@@ -269,22 +269,13 @@ def file_ranges(elf, lay, out, touched):
     written by no relocation (`touched`: 'B' per page) and read-only in a
     process (read-only segments and RELRO: writable pages are private
     copies of the pool, so the pool must hold them)."""
+    from _native import reloc
     from loader.prerelocate import shareable_candidates
     readonly = shareable_candidates(elf, lay)
     pages = []
-    size = elf.size
     for first, end, foff in file_backing(elf, lay):
-        for p in range(first, end):
-            if touched[p] or p not in readonly:
-                continue
-            at = p * PAGE
-            f = foff + (p - first) * PAGE
-            n = min(PAGE, size - f)
-            if out[at:at + n] != elf.buf[f:f + n]:
-                continue
-            if n < PAGE and any(out[at + n:at + PAGE]):
-                continue
-            pages.append(p)
+        same = reloc.same_pages(out, first * PAGE, elf.buf, foff, end - first)
+        pages += [p for p in range(first, end) if same[p - first] and not touched[p] and p in readonly]
     return page_ranges(pages)
 
 
