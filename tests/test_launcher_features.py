@@ -130,7 +130,7 @@ def test_bad_plans_are_one_line_errors(env, tmp_path):
     muts = {
         "truncated": lambda b: b[:100],
         "magic": lambda b: b"XXXXXXXX" + b[8:],
-        "version": lambda b: _put(b, 8, "I", 2),
+        "version": lambda b: _put(b, 8, "I", pf.VERSION + 1),
         "nobj": lambda b: _put(b, 16, "I", 0xFFFFFFFF),
         "nfix": lambda b: _put(b, 24, "I", 0x7FFFFFFF),
         "main_obj": lambda b: _put(b, 36, "I", 77),
