@@ -143,6 +143,8 @@ def test_bad_plans_are_one_line_errors(env, tmp_path):
         "obj_segs": lambda b: _put(b, o + 60, "I", 0xFFFFFF),
         "seg_pool_off": lambda b: _put(b, s + 16, "Q", 1 << 40),
         "seg_kind": lambda b: _put(b, s + 28, "I", 9),
+        "seg_file_writable": lambda b: _put(_put(b, s + 28, "I", pf.SEG_FILE), s + 24, "I", 3),
+        "seg_file_past_eof": lambda b: _put(_put(b, s + 28, "I", pf.SEG_FILE), s + 16, "Q", 1 << 40),
         "seg_addr": lambda b: _put(b, s, "Q", struct.unpack_from("<Q", b, s)[0] + 1),
         "fix_addr": lambda b: _put(b, f, "Q", 0x1000),
         "entry": lambda b: _put(b, o + 72, "Q", 0x1000),
