@@ -6,6 +6,7 @@ changes; a library replaced on disk after planning is one clear error;
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -155,7 +156,7 @@ def test_replaced_library_is_one_line_error(built, tmp_path):
     subprocess.run(["cc", "-O1", "-o", prog, built / "prog.c", f"-L{d}", "-lft", f"-Wl,-rpath,{d}"], check=True)
     plan, pool = tmp_path / "plan", f"/dev/shm/ldpool-ft-{os.getpid()}"
     try:
-        subprocess.run(["python3", "-m", "loader.plan", str(prog), "-o", str(plan), "--pool-file", pool],
+        subprocess.run([sys.executable, "-P", "-m", "loader.plan", str(prog), "-o", str(plan), "--pool-file", pool],
                        check=True, capture_output=True, timeout=120)
         cmd = ["ldpool-exec", "--plan", str(plan), "--pool", pool, str(prog)]
         ok = subprocess.run(cmd, capture_output=True, timeout=60)
@@ -168,7 +169,7 @@ def test_replaced_library_is_one_line_error(built, tmp_path):
         assert r.stderr == f"ldpool-exec: {lib}: library changed on disk since it was pooled\n"
         assert r.stdout == ""
         # ...and the plan of the new file runs again
-        subprocess.run(["python3", "-m", "loader.plan", str(prog), "-o", str(plan), "--pool-file", pool],
+        subprocess.run([sys.executable, "-P", "-m", "loader.plan", str(prog), "-o", str(plan), "--pool-file", pool],
                        check=True, capture_output=True, timeout=120)
         assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
         # modified in place (same inode, new mtime)
