@@ -50,6 +50,8 @@ class Acquirer:
             store.admit = lambda obj: check_public([obj])
         self.cache = collections.OrderedDict()
         self.by_payload = {}
+        self.dl_cache = collections.OrderedDict()
+        self.dl_hits = self.dl_builds = 0       # for STATS: dlopens answered from the cache
 
     # --- programs ---------------------------------------------------------
     def cached_program(self, payload):
@@ -131,25 +133,52 @@ class Acquirer:
         return Acquisition(blob, keys, params, files)
 
     # --- dlopen -----------------------------------------------------------
+    # A lease's context: params (the program request), base (how many of its
+    # objects are replayed by file: those it had when reclaimed), history
+    # (the dlopen requests granted since), and a resolution "res" valid for
+    # the first "n" objects of the lease (None: rebuild it by replaying).
+    @staticmethod
+    def lease_context(params, base=0):
+        return {"params": params, "base": base, "history": [], "res": None, "n": None}
+
+    def cached_library(self, lease, req):
+        """The cached dlopen acquisition for this lease's object set and
+        request if still valid, else None (cheap: runs on the event loop)."""
+        ctx = lease.context
+        if ctx is None:
+            return None
+        hit = self.dl_cache.get(self._dl_key(lease, req))
+        if hit is not None and self._valid(hit):
+            self.dl_hits += 1
+            return hit
+        return None
+
+    def _dl_key(self, lease, req):
+        path, argv0, cwd, env, preload = lease.context["params"]
+        return ((path, argv0, cwd, tuple(sorted(env.items())), tuple(preload)), tuple(lease.keys),
+                req.text("name"), req.text("requester", ""), req.int("flags", 0))
+
+    def note_dlopen(self, lease, req):
+        """The lease now holds what the request brought: replayable."""
+        if lease.context is not None:
+            lease.context["history"].append((req.text("name"), req.text("requester", "")))
+
     def library(self, lease, req):
+        """Build the acquisition of a dlopen (worker thread); cached for
+        every lease of the same program with the same objects."""
         name = req.text("name")
         if not name:
             raise ProtocolError("ACQUIRE_LIBRARY needs name=")
         requester = req.text("requester", "")
-        flags = req.int("flags", 0)
+        req.int("flags", 0)
         first = len(lease.keys)
         from loader import plan, resolve
         ctx = lease.context
         if ctx is None:
-            raise BrokerError("this lease was reclaimed after a broker restart; "
+            raise BrokerError("this lease was reclaimed without its program; "
                               "dlopen through it is not supported")
-        res = ctx.get("res")
-        if res is None:
-            # the cached resolution is shared by every lease of the program:
-            # dlopen extends a private one
-            path, _argv0, cwd, env, preload = ctx["params"]
-            res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
-            ctx["res"] = res
+        res = self._resolution(lease)
+        ctx["n"] = None                 # res changes below; valid again once granted
         req_obj = _find_requester(res, requester)
         new = resolve.resolve_dlopen(res, name, req_obj)
         pooled = [o for o in new if not o.is_glibc]
@@ -158,8 +187,46 @@ class Acquirer:
         blob = plan.build_dlopen_plan(res, new, self.store, first_index=first)
         placed = plan.placements(res.objects, self.store)
         pos = {id(o): k for k, o in enumerate(res.objects)}
-        return Acquisition(blob, [placed[pos[id(o)]].key for o in pooled],
-                           files=[(o.elf.path, _stat_id(o.elf.path)) for o in pooled])
+        keys = [placed[pos[id(o)]].key for o in pooled]
+        ctx["n"] = first + len(keys)
+        acq = Acquisition(blob, keys, files=[(o.elf.path, _stat_id(o.elf.path)) for o in pooled],
+                          placed=[self.store.images[k].placed for k in keys])
+        acq.checked = time.monotonic()
+        self.dl_builds += 1
+        self.dl_cache[self._dl_key(lease, req)] = acq
+        if len(self.dl_cache) > CACHE_MAX:
+            self.dl_cache.popitem(last=False)
+        return acq
+
+    def _resolution(self, lease):
+        """The lease's private resolution (dlopen extends it), rebuilt when
+        cached grants moved the lease past it: the program resolved again,
+        then what it loaded since, in order."""
+        ctx = lease.context
+        res = ctx["res"]
+        if res is not None and ctx["n"] == len(lease.keys):
+            return res
+        from loader import plan, resolve
+        path, _argv0, cwd, env, preload = ctx["params"]
+        res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
+        unusable = BrokerError("the lease's objects cannot be resolved again (changed files?); "
+                               "dlopen through it is not supported")
+        if res.missing:
+            raise unusable
+        n0 = sum(not o.is_glibc for o in res.objects)
+        for k in lease.keys[n0:ctx["base"]]:
+            rec = self.store.images.get(k) if k is not None else None
+            if rec is None:
+                raise unusable
+            resolve.resolve_dlopen(res, rec.path, None)
+        for name, requester in ctx["history"]:
+            resolve.resolve_dlopen(res, name, _find_requester(res, requester))
+        keys = [p.key for p in plan.placements(res.objects, self.store).values()]
+        if len(keys) != len(lease.keys) or any(a is not None and a != b
+                                               for a, b in zip(lease.keys, keys)):
+            raise unusable
+        ctx["res"], ctx["n"] = res, len(lease.keys)
+        return res
 
 
 def check_public(objs):

@@ -267,7 +267,7 @@ class Broker:
         if client.id not in self.clients:
             raise BrokerError("client gone")      # died while its plan was built
         # a lease's own context: dlopen will extend its resolution
-        ctx = {"params": acq.context, "res": None} if acq.context is not None else None
+        ctx = self.acquirer.lease_context(acq.context) if acq.context is not None else None
         lease = self.state.refs.new_lease(client.id, acq.keys, ctx)
         self._note_uid(client, acq.keys)
         return set_lease(acq.plan, lease.id)
@@ -287,16 +287,25 @@ class Broker:
 
     def _acquire_library(self, client, payload):
         req = P.Request.decode(payload)
-        return self._build_library(client, req, self._lease(client, req))
+        lease = self._lease(client, req)
+        with self.state.mutex:
+            acq = self.acquirer.cached_library(lease, req)
+            if acq is not None:
+                return self._extend(client, lease, req, acq)
+        return self._build_library(client, req, lease)
 
     async def _build_library(self, client, req, lease):
         async with self._build_lock:
             acq = await asyncio.to_thread(self._in_worker, self.acquirer.library, lease, req)
             if lease.id not in self.state.refs.leases:
                 raise BrokerError(f"lease {lease.id} was released meanwhile")
-            self.state.refs.extend(lease, acq.keys)
-            self._note_uid(client, acq.keys)
-            return set_lease(acq.plan, lease.id)
+            return self._extend(client, lease, req, acq)
+
+    def _extend(self, client, lease, req, acq):
+        self.state.refs.extend(lease, acq.keys)
+        self.acquirer.note_dlopen(lease, req)
+        self._note_uid(client, acq.keys)
+        return set_lease(acq.plan, lease.id)
 
     def _release(self, client, payload):
         req = P.Request.decode(payload)
@@ -339,7 +348,11 @@ class Broker:
             keys.append(rec.key)
         if lid in st.refs.leases:
             raise BrokerError(f"lease {lid} is already held")
-        st.refs.new_lease(client.id, keys, None, lease_id=lid)
+        ctx = None
+        if req.get("path") is not None:     # the program as acquired: dlopen works again
+            _ck, path, argv0, cwd, env, preload = self.acquirer._cache_key(req)
+            ctx = self.acquirer.lease_context((path, argv0, cwd, env, preload), base=len(keys))
+        st.refs.new_lease(client.id, keys, ctx, lease_id=lid)
         self._note_uid(client, keys)
         self.log(f"client {client.id} reclaimed lease {lid} ({len(keys)} objects)")
         return P.encode_kv([("lease", lid), ("objects", sum(k is not None for k in keys))])

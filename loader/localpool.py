@@ -88,8 +88,13 @@ class LocalPool:
         return placed
 
     def close(self):
-        self.view.release()
-        self.mm.close()
+        # views of images may outlive the pool (an error's traceback holds
+        # the frames that sliced them): the mapping then goes with the last
+        try:
+            self.view.release()
+            self.mm.close()
+        except BufferError:
+            pass
         os.close(self.fd)
 
     def __enter__(self):

@@ -32,6 +32,7 @@ static int conn_lost;            /* the last call failed because the connection 
 #define MAX_FRAME (64u << 20)
 
 struct buf { char *p; size_t n, cap; };
+static struct buf program_req;   /* the ACQUIRE_PROGRAM keys, sent again with RECLAIM */
 
 static void put_frame(struct buf *out, uint32_t op, const struct buf *req);
 
@@ -329,7 +330,7 @@ void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *le
     put_frame(&out, OP_HELLO, &h);
     put_frame(&out, OP_ACQ_PROGRAM, &b);
     free(h.p);
-    free(b.p);
+    program_req = b;
     if (connect_socket(err, errlen) < 0) { free(out.p); return NULL; }
     int w = write_all(ldp_broker_fd, out.p, out.n);
     free(out.p);
@@ -369,6 +370,10 @@ static int reconnect(char *err, size_t errlen)
         snprintf(num, sizeof num, "0x%lx", ldp_objs[i] ? ldp_objs[i]->o->map_start : 0);
         put(&b, "addr", num);
     }
+    /* the program as we acquired it: the broker resolves it again for dlopen */
+    if (b.n + program_req.n > b.cap) b.p = realloc(b.p, b.cap = b.n + program_req.n);
+    if (program_req.n) memcpy(b.p + b.n, program_req.p, program_req.n);
+    b.n += program_req.n;
     uint32_t op;
     size_t len;
     char *r = call(OP_RECLAIM, &b, &op, &len, NULL, err, errlen);
