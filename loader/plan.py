@@ -22,6 +22,7 @@ Conventions the launcher relies on (beyond plan.h):
     relocation order (COPY after the objects it copies from have been
     fixed, since objects are fixed in reverse load order).
 """
+import os
 from types import SimpleNamespace
 
 from loader import planformat as pf
@@ -232,7 +233,9 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
         if elf.bind_now or bind_now:
             flags |= pf.OBJ_BIND_NOW
         rec["flags"] = flags
-        rec["path"] = strings.add(o.path)
+        # the file the launcher opens for LDP_SEG_FILE: absolute, because the
+        # program may chdir before a dlopen
+        rec["path"] = strings.add(os.path.abspath(o.elf.path))
         rec["init"] = base + elf.dyn[DT["INIT"]] if DT["INIT"] in elf.dyn else 0
         rec["fini"] = base + elf.dyn[DT["FINI"]] if DT["FINI"] in elf.dyn else 0
         rec["preinit_array"], rec["preinit_count"] = _array(elf, base, "PREINIT_ARRAY", "PREINIT_ARRAYSZ")
