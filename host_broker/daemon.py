@@ -25,12 +25,17 @@ def stderr_log(msg):
 
 def prepare_dir(socket_path, group=None):
     d = os.path.dirname(os.path.abspath(socket_path))
-    if not os.path.isdir(d):
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        if group:
-            os.chown(d, -1, gid_of(group))
-            os.chmod(d, 0o710)
-    st = os.stat(d)
+    try:
+        if not os.path.isdir(d):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            if group:
+                os.chown(d, -1, gid_of(group))
+                os.chmod(d, 0o710)
+        st = os.stat(d)
+        # the lock and the log go there first: fail here, in one line
+        os.close(os.open(socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError as e:
+        raise BrokerError(f"cannot use {e.filename or d} for the broker socket: {e.strerror}") from None
     # a directory someone else controls could swap the socket or the journal
     if st.st_uid not in (os.getuid(), 0) or (st.st_mode & 0o002 and not st.st_mode & 0o1000):
         raise BrokerError(f"{d}: owned by another user or writable by anyone; "

@@ -188,3 +188,30 @@ def test_start_up_pair_answered_in_one_send(broker):
             joined += i > 0 and len(rest) == 8 + struct.unpack_from("<I", rest)[0]
         s.close()
     assert joined == 5
+
+
+@pytest.mark.parametrize("sock", ["/etc/passwd/x/broker.sock", "/proc/1/nothere/broker.sock"])
+def test_unusable_socket_directory_is_one_line(sock, ldpool_bin):
+    for args in (["broker", "--socket", sock], ["broker", "--detach", "--socket", sock]):
+        r = subprocess.run([ldpool_bin, *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and "broker socket" in r.stderr, r.stderr
+    # ldpool-exec starting the embedded broker gets that line back
+    r = subprocess.run(["ldpool-exec", "--no-fallback", "/usr/bin/true"], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, LDPOOL_SOCKET=sock))
+    assert r.returncode == 127 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_plan_with_missing_symbol_is_one_line(tmp_path):
+    (tmp_path / "a.c").write_text("int foo(void) { return 1; }\n")
+    (tmp_path / "m.c").write_text("int foo(void); int main(void) { return foo(); }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", "liba.so", "a.c"], check=True, cwd=tmp_path)
+    subprocess.run(["gcc", "-o", "m", "m.c", "-L.", "-la", f"-Wl,-rpath,{tmp_path}"], check=True, cwd=tmp_path)
+    (tmp_path / "a.c").write_text("int bar(void) { return 1; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", "liba.so", "a.c"], check=True, cwd=tmp_path)
+    import sys
+    r = subprocess.run([sys.executable, "-P", "-m", "loader.plan", str(tmp_path / "m"), "-o", str(tmp_path / "plan"),
+                        "--pool-file", str(tmp_path / "pool")], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, LD_BIND_NOW="1"), cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "undefined symbol: foo" in r.stderr, r.stderr
