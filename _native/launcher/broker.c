@@ -75,6 +75,7 @@ static int try_connect(const char *path)
     strcpy(a.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
+    fd = move_high(fd);     /* before connecting: the request follows connect() at once */
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
         int e = errno;
         close(fd);
@@ -244,7 +245,7 @@ static int connect_socket(char *err, size_t errlen)
         fd = try_connect(sock);
     }
     if (fd < 0) { snprintf(err, errlen, "cannot connect to the broker at %s: %s", sock, strerror(errno)); return -1; }
-    ldp_broker_fd = move_high(fd);
+    ldp_broker_fd = fd;
     return 0;
 }
 
