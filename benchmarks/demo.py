@@ -70,8 +70,8 @@ def run(args):
         m.add_row(*r)
     console.print(m)
     console.print("private lib. = Private_Dirty of the program and its non-glibc libraries: "
-                  "what each process pays for relocated data. + broker / N = the broker's Pss (it maps "
-                  "the whole pool) shared out over the clients: ldpool's fixed cost.", style="dim")
+                  "what each process pays for relocated data. + broker / N = the broker's Pss (the Python "
+                  "process and the relocated pool pages) shared out over the clients: ldpool's fixed cost.", style="dim")
     console.print(ksm_line)
     for n in notes:
         console.print(f"[bold yellow]note:[/] {n}")

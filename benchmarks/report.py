@@ -162,7 +162,7 @@ def _memory(mem):
                         if key == "ldso_ksm" else "")
                 if key == "ldpool" and "broker_kB" in e:
                     note = (f"clients alone {_mib(pp['all']['Pss'])}; broker Pss {_mib(e['broker_kB']['Pss'])} "
-                            "(its pool holds whole images)")
+                            "(the Python process and the pool pages it maps)")
                 L.append(f"| {prog} | {n} | {label} | {_mib(e.get('pss_with_broker_share_kB', pp['all']['Pss']))} | "
                          f"{_mib(pp['all']['USS'])} | "
                          f"{_mib(pp['objects']['Private_Dirty'])} | {_mib(pp['objects']['USS'])} | {note} |")
