@@ -12,6 +12,8 @@ import struct
 import tempfile
 import time
 
+from . import relocmem
+
 # smaps fields we keep, in kB as the kernel prints them
 FIELDS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean",
           "Private_Dirty", "Anonymous", "Swap")
@@ -124,11 +126,13 @@ def attribute(maps, ranges=(), pool_paths=()):
     the same protection (a malloc arena, say), and then only that share of
     the merged mapping's counters is charged to the object.  Returns {label: {"kind", field: kB...,
     "USS", "anon_USS"}} where kind is "object" (program, pooled library,
-    launcher or pool), "glibc" or "other"."""
+    launcher or pool), "glibc" or "other"; objects also get
+    "reloc_Private_Dirty" and "reloc_straddling" (relocmem.py)."""
     # one label per file whoever names it (/lib vs /usr/lib, symlinks)
     ranges = sorted((lo, hi, _real(name)) for lo, hi, name in ranges)
     pool_paths = set(pool_paths)
     out = {}
+    owned = {}  # object label -> its whole mappings, for relocmem
     prev_label, prev_end = None, None
     bss_left = {}  # label -> bytes of .bss still unaccounted for
     for m in maps:
@@ -155,12 +159,22 @@ def attribute(maps, ranges=(), pool_paths=()):
             else:
                 label, kind = (m.path or "[anon]"), "other"
         _add(out, label, kind, m, share, anon)
+        if kind == "object" and share == 1.0:
+            owned.setdefault(label, []).append(m)
         if not anon and kind != "other" and m.path and label == _real(m.path) and label not in bss_left:
             bss_left[label] = bss_bytes(m.path)
         if kind == "object" or kind == "glibc":
             prev_label, prev_end = label, m.end
         else:
             prev_label = prev_end = None
+    placements = {}
+    for lo, hi, name in ranges:
+        placements.setdefault(name, (lo, hi))
+    for label, ms in owned.items():
+        r = relocmem.relocation_private(label, ms, placements.get(label))
+        if r is not None:
+            out[label]["reloc_Private_Dirty"] = r[0]
+            out[label]["reloc_straddling"] = len(r[1])
     return out
 
 
@@ -168,7 +182,7 @@ def _add(out, label, kind, m, share, anon):
     e = out.get(label)
     if e is None:
         e = out[label] = dict(kind=kind, USS=0, anon_USS=0, anon_Private_Dirty=0,
-                             **{f: 0 for f in FIELDS})
+                             reloc_Private_Dirty=0, reloc_straddling=0, **{f: 0 for f in FIELDS})
     for f in FIELDS:
         e[f] += getattr(m, f) * share
     e["USS"] += m.uss * share
@@ -179,8 +193,9 @@ def _add(out, label, kind, m, share, anon):
 
 def summarize(objects):
     """Per-process totals: everything, pooled-eligible objects (with and,
-    as "objects_file", without their anonymous .bss), glibc."""
-    tot = {"all": {}, "objects": {}, "objects_file": {}, "glibc": {}}
+    as "objects_file", without their anonymous .bss; as "objects_reloc",
+    only their pages a loader alone writes), glibc."""
+    tot = {"all": {}, "objects": {}, "objects_file": {}, "objects_reloc": {}, "glibc": {}}
     for f in FIELDS + ("USS",):
         tot["all"][f] = sum(e[f] for e in objects.values())
         tot["objects"][f] = sum(e[f] for e in objects.values() if e["kind"] == "object")
@@ -188,6 +203,8 @@ def summarize(objects):
     for f in ("USS", "Private_Dirty"):
         tot["objects_file"][f] = tot["objects"][f] - sum(
             e["anon_" + f] for e in objects.values() if e["kind"] == "object")
+    for f in ("Private_Dirty", "straddling"):
+        tot["objects_reloc"][f] = sum(e["reloc_" + f] for e in objects.values() if e["kind"] == "object")
     return tot
 
 
@@ -206,7 +223,7 @@ def mean_memory(pids, ranges=(), pool_paths=()):
         for label, e in objs.items():
             acc = per_obj.setdefault(label, {"kind": e["kind"]})
             for f in ("Rss", "Pss", "USS", "Private_Dirty", "Shared_Clean", "Shared_Dirty",
-                      "anon_USS", "anon_Private_Dirty"):
+                      "anon_USS", "anon_Private_Dirty", "reloc_Private_Dirty", "reloc_straddling"):
                 acc[f] = acc.get(f, 0) + e[f]
     n = max(len(pids), 1)
     for acc in per_obj.values():
@@ -214,7 +231,7 @@ def mean_memory(pids, ranges=(), pool_paths=()):
             if f != "kind":
                 acc[f] = round(acc[f] / n, 1)
     mean = {}
-    for group in ("all", "objects", "objects_file", "glibc"):
+    for group in ("all", "objects", "objects_file", "objects_reloc", "glibc"):
         mean[group] = {f: round(sum(t[group][f] for t in totals) / n, 1) for f in totals[0][group]} if totals else {}
     return mean, per_obj
 

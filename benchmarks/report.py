@@ -78,10 +78,24 @@ def headline_text(res):
             lines.append(f"  issue 4 acceptance, {prog}: private library memory ldpool/ld.so = "
                          f"{e['private_dirty']['ratio']:.1%} with .bss ({'PASS' if e['pass'] else 'FAIL'}), "
                          f"{e['private_dirty_no_bss']['ratio']:.1%} without "
-                         f"({'PASS' if e['pass_no_bss'] else 'FAIL'}); limit 5 %")
+                         f"({'PASS' if e['pass_no_bss'] else 'FAIL'}), "
+                         + _reloc_headline(e) + "; limit 5 %")
         else:
             lines.append(f"  issue 4 acceptance, {prog}: {NA} ({_why(e.get('reason'))})")
     return "\n".join(lines)
+
+
+def _pct(r):
+    return NA if r is None else f"{r:.1%}"
+
+
+def _reloc_headline(e):
+    """The relocation-caused figure (older results.json files lack it)."""
+    r = e.get("private_dirty_reloc")
+    if not r:
+        return f"relocation-caused {NA}"
+    return (f"relocation-caused {_pct(r['ratio'])} ({_mib(r['ldpool_kB'])} of {_mib(r['ldso_kB'])}, "
+            f"{'PASS' if e.get('pass_reloc') else 'FAIL'})")
 
 
 def markdown(res, pngs, plot_note=""):
@@ -176,8 +190,37 @@ def _memory(mem):
         L.append(f"- {prog}: with .bss, ld.so {_mib(a['ldso_kB'])}, ldpool {_mib(a['ldpool_kB'])}: "
                  f"**{a['ratio']:.1%}** ({'PASS' if e['pass'] else 'FAIL'}); without .bss (zero-fill memory "
                  f"no loader can share) {_mib(b['ldso_kB'])} vs {_mib(b['ldpool_kB'])}: "
-                 f"**{b['ratio']:.1%}** ({'PASS' if e['pass_no_bss'] else 'FAIL'})")
+                 f"**{b['ratio']:.1%}** ({'PASS' if e['pass_no_bss'] else 'FAIL'}); "
+                 + _reloc_line(e))
+    L += _reloc_per_object(acc)
     L += _per_library(mem)
+    return L
+
+
+def _reloc_line(e):
+    r = e.get("private_dirty_reloc")
+    if not r:
+        return f"relocation-caused: {NA}"
+    st = r["straddling"]
+    return (f"relocation-caused (pages only a loader writes: RELRO and read-only segments; ldpool's "
+            f"stub and slot pages too) {_mib(r['ldso_kB'])} vs {_mib(r['ldpool_kB'])}: "
+            f"**{_pct(r['ratio'])}** ({'PASS' if e.get('pass_reloc') else 'FAIL'})"
+            + ("" if not (st["ldso"] or st["ldpool"]) else
+               f"; mappings straddling a RELRO edge, left out: ld.so {st['ldso']}, ldpool {st['ldpool']}"))
+
+
+def _reloc_per_object(acc):
+    """Relocation-caused private memory per object, both loaders, same run."""
+    L = []
+    for prog, e in acc.get("programs", {}).items():
+        r = e.get("private_dirty_reloc") if e.get("measured") else None
+        if not r:
+            continue
+        L += ["", f"#### {prog}, N = {acc.get('N')}: relocation-caused private memory per object, kB per process", "",
+              "| object | ld.so | ldpool |", "|---|---:|---:|"]
+        L += [f"| {os.path.basename(lib)} | {v['ldso_kB']:.0f} | {v['ldpool_kB']:.0f} |"
+              for lib, v in r["per_object"].items() if v["ldso_kB"] or v["ldpool_kB"]]
+        L.append(f"| **total** | **{r['ldso_kB']:.0f}** | **{r['ldpool_kB']:.0f}** |")
     return L
 
 

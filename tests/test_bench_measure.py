@@ -48,6 +48,47 @@ def test_smaps_attribution_of_llc(llc_client):
     assert abs(tot["all"]["Pss"] - rollup["Pss"]) <= len(objs) + 8  # per-mapping rounding
 
 
+def test_relocation_caused_private_memory_of_python3():
+    """The loader-only pages of libcrypto in a python3 with ssl imported, under
+    ld.so: exactly the Private_Dirty of the mapping ld.so mprotected over
+    its RELRO, and no mapping straddles a loader-only edge in any object."""
+    from loader.elf import ElfFile
+    argv = runners.IDLE_CLIENTS["python3"]
+    with runners.Clients(argv, 1) as c:
+        assert c.ready, c.failure()
+        maps = measure.read_smaps(c.pids[0])
+        objs, tot = measure.process_memory(c.pids[0])
+    crypto = [l for l in objs if "/libcrypto.so" in l]
+    assert len(crypto) == 1
+    e, path = objs[crypto[0]], crypto[0]
+    mine = [m for m in maps if m.path and os.path.realpath(m.path) == path]
+    elf = ElfFile(path)
+    bias = mine[0].start - (elf.loads[0].vaddr & ~4095)
+    lo = bias + (elf.relro.vaddr & ~4095)
+    hi = bias + ((elf.relro.vaddr + elf.relro.memsz) & ~4095)
+    elf.close()
+    covering = [m for m in mine if m.start <= lo and hi <= m.end]
+    assert len(covering) == 1 and (covering[0].start, covering[0].end) == (lo, hi)  # its own mapping
+    assert covering[0].perms.startswith("r--")
+    assert e["reloc_Private_Dirty"] > 0
+    # the read-only segments hold no private page, so RELRO is all of it
+    assert e["reloc_Private_Dirty"] == covering[0].Private_Dirty
+    # python3's own .data is private but not the loader's doing
+    py = next(v for l, v in objs.items() if os.path.basename(l).startswith("python3"))
+    assert py["Private_Dirty"] > 8 * py["reloc_Private_Dirty"]
+    assert tot["objects_reloc"]["straddling"] == 0
+    assert 0 < tot["objects_reloc"]["Private_Dirty"] < tot["objects_file"]["Private_Dirty"]
+
+
+def test_relocation_caused_private_memory_of_llc(llc_client):
+    objs, tot = measure.process_memory(llc_client)
+    llvm = next(e for label, e in objs.items() if "libLLVM-14" in label)
+    # nearly all of libLLVM's private memory is its relocated RELRO
+    assert llvm["reloc_Private_Dirty"] > 4096
+    assert llvm["reloc_Private_Dirty"] <= llvm["Private_Dirty"] - llvm["anon_Private_Dirty"]
+    assert tot["objects_reloc"]["straddling"] == 0
+
+
 def test_placement_ranges_take_precedence(llc_client):
     maps = measure.read_smaps(llc_client)
     m = next(m for m in maps if "libLLVM-14" in m.path)
