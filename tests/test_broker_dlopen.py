@@ -128,8 +128,10 @@ def test_reclaimed_lease_can_dlopen(broker):
 
 
 def test_launcher_dlopen_after_restart_comes_from_the_pool(env, tmp_path):
-    """ldpool-exec's RECLAIM carries its program: after a broker restart a
-    dlopen is served from the pool again (no ld.so notice)."""
+    """A broker killed under a running program: the program does not notice
+    (no SIGPIPE either); its next dlopen starts a broker again, RECLAIMs its
+    lease (which carries its program) and is served from the pool (no ld.so
+    notice)."""
     sockdir = f"/tmp/ldpool-test-{os.getuid()}/h9-restart"
     os.makedirs(sockdir, mode=0o700, exist_ok=True)
     e = dict(env, LDPOOL_SOCKET=f"{sockdir}/broker.sock")
