@@ -24,6 +24,7 @@ import time
 import pytest
 
 from _native import reloc
+from loader.image import memory_image
 from loader.scope import Scope
 
 LIB = "libLLVM-14.so.1"
@@ -38,22 +39,13 @@ def _canonical_scope():
     return Scope(entries, main_is_exec=False)
 
 
-def _image(elf, l_addr):
-    lo = min(s.vaddr for s in elf.loads) & ~0xFFF
-    hi = max(s.vaddr + s.memsz for s in elf.loads)
-    img = bytearray(hi - lo)
-    for s in elf.loads:
-        img[s.vaddr - lo:s.vaddr - lo + s.filesz] = elf.buf[s.offset:s.offset + s.filesz]
-    return img, l_addr + lo
-
-
 @pytest.fixture(scope="module")
 def llvm():
     try:
         scope = _canonical_scope()
     except Exception as e:  # not installed
         pytest.skip(f"{LIB}: {e}")
-    img, image_addr = _image(scope.elf(0), scope.l_addr(0))
+    img, image_addr = memory_image(scope.elf(0), scope.l_addr(0))
     return scope, img, image_addr
 
 

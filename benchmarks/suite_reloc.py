@@ -75,22 +75,18 @@ def _engine(lib, rounds):
     scope (built once, untimed), into an image laid out at its address."""
     try:
         from _native import reloc
+        from loader.image import memory_image
         from loader.resolve import resolve_library
         from loader.scope import Scope
         res = resolve_library(lib)
         scope = Scope([(o.elf, BASE + i * SPACING, o.is_glibc) for i, o in enumerate(res.objects)],
                       main_is_exec=False)
-        elf = scope.elf(0)
-        lo = min(s.vaddr for s in elf.loads) & ~0xFFF
-        hi = max(s.vaddr + s.memsz for s in elf.loads)
-        img = bytearray(hi - lo)
-        for s in elf.loads:
-            img[s.vaddr - lo:s.vaddr - lo + s.filesz] = elf.buf[s.offset:s.offset + s.filesz]
+        img, image_addr = memory_image(scope.elf(0), scope.l_addr(0))
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
             b = reloc.bind(scope, 0)
-            reloc.apply(img, scope.l_addr(0) + lo, b)
+            reloc.apply(img, image_addr, b)
             times.append(time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 -- engine missing or changed: say so
         return {"available": False, "reason": f"{type(e).__name__}: {e}"}

@@ -226,6 +226,15 @@ def write_memory_image(elf, lay, out):
                 out[z0:z1] = bytes(z1 - z0)
 
 
+def memory_image(elf, l_addr):
+    """(buffer, runtime address of its first byte): the object's PT_LOAD
+    pages as ld.so maps them at load bias `l_addr`, to relocate in place."""
+    lay = layout(elf)
+    out = bytearray(lay.span)
+    write_memory_image(elf, lay, out)
+    return out, l_addr + lay.lo
+
+
 def write_stubs(lay, base, out, used):
     """One `jmp *slot(%rip)` per stub index in `used` (int3 elsewhere
     would be nicer, but the pages are zero: 00 00 is `add %al,(%rax)` and
