@@ -86,36 +86,27 @@ class Loader:
             self.llp = self.ctx.dirs(self.main, text, ":;") if text else []
         return self.llp
 
-    def _search(self, loader, name, secure_preload):
-        ctx, main = self.ctx, self.main
-        other = False
+    def _search_lists(self, loader):
+        """The directory lists ld.so tries before ld.so.cache, in order
+        (dl-load.c _dl_map_object), each computed only when reached."""
+        main = self.main
         if loader is None or loader.elf.runpath is None:
             did_main = False
             obj = loader
             while obj is not None:
-                dirs = self._rpath_dirs(obj)
-                if dirs:
-                    found, o = ctx.search(dirs, name, secure_preload)
-                    if found:
-                        return found, o
-                    other |= o
-                    did_main |= obj is main
+                yield self._rpath_dirs(obj)
+                did_main |= obj is main
                 obj = obj.rpath_loader
             if not did_main and main is not None:
-                dirs = self._rpath_dirs(main)
-                if dirs:
-                    found, o = ctx.search(dirs, name, secure_preload)
-                    if found:
-                        return found, o
-                    other |= o
-        dirs = self._llp()
-        if dirs:
-            found, o = ctx.search(dirs, name, secure_preload)
-            if found:
-                return found, o
-            other |= o
+                yield self._rpath_dirs(main)
+        yield self._llp()
         if loader is not None:
-            dirs = self._runpath_dirs(loader)
+            yield self._runpath_dirs(loader)
+
+    def _search(self, loader, name, secure_preload):
+        ctx, main = self.ctx, self.main
+        other = False
+        for dirs in self._search_lists(loader):
             if dirs:
                 found, o = ctx.search(dirs, name, secure_preload)
                 if found:
