@@ -28,7 +28,6 @@ struct ldp_plan {
     const struct ldp_import *imp;
     const uint32_t *init, *glibc;
     const char *str;
-    const struct ldp_slot *slot; /* nslot slot records (NULL when none) */
     uint64_t *imp_addr;          /* resolved imports (fixup.c) */
     uint32_t first_index;
 };
@@ -82,18 +81,6 @@ void ldp_unmap(struct ldp_rt *r);
 int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen);
 int ldp_apply_fixups(struct ldp_plan *p, char *err, size_t errlen);
 void *ldp_override(const char *name);
-
-/* ---- the epoch's glibc stubs and this process's slot table (slots.c) ---- */
-/* Map the stub region (from the pool) and the slot table on the first plan
- * that has them; a later plan must name the same ones. */
-int ldp_slots_map(struct ldp_plan *p, int poolfd, char *err, size_t errlen);
-/* Fill the plan's slots: value(p, slot record) gives each address (0 with
- * err set: fail).  The table is writable only meanwhile. */
-int ldp_slots_fill(struct ldp_plan *p, uint64_t (*value)(struct ldp_plan *, const struct ldp_slot *, char *, size_t),
-                   char *err, size_t errlen);
-/* The stub standing for glibc function address a in this process (its slot
- * holds a), else a: what pooled code's own references to it hold. */
-void *ldp_slot_identity(void *a);
 
 /* ---- TLS (tls.c) ---- */
 void ldp_tls_setup(void);
@@ -170,26 +157,5 @@ void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int
 void ldp_broker_release(uint64_t lease, uint32_t first, uint32_t n);
 uint64_t ldp_broker_pool_size(void);
 extern const char *ldp_socket_opt;
-int ldp_socket_path(char *out, size_t n);
-int ldp_move_high(int fd);            /* to fds >= 1000, close-on-exec */
-/* the ACQUIRE_PROGRAM payload (built once; the plan cache file's key) */
-const void *ldp_broker_request(const char *path, const char *argv0, size_t *len);
-/* fast path: connect and send HELLO + ACQUIRE_PROGRAM, replies read lazily;
- * -1 when no broker answers */
-int ldp_broker_announce(const void *plan, size_t len, uint64_t epoch);
-void ldp_broker_forget(void);
-
-/* ---- start-up from a plan cache file, no broker round trip (fastpath.c) ---- */
-struct stat;
-/* The cached plan for this request with its images pinned and the pool
- * open (ldp_pool_fd), the broker told; NULL (why in `why`) to take the
- * slow path. */
-void *ldp_fast_acquire(const char *path, const char *argv0, size_t *len, uint64_t *pool_size,
-                       char *why, size_t whylen);
-/* After ldp_plan_check: what the cache file cannot vouch for (files of
- * objects mapped wholly from the pool, the program's identity). */
-int ldp_fast_check_plan(const struct ldp_plan *p, const struct stat *prog, char *why, size_t whylen);
-/* Give the fast path up: pins, pool descriptor and connection dropped. */
-void ldp_fast_abandon(void);
 
 #endif
