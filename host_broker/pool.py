@@ -5,7 +5,10 @@ the file is sparse: only written pages cost memory, and freed extents are
 punched out again (MADV_REMOVE).
 
 Page 0 is a header that clients and guests can check (layout in
-docs/protocol.md); everything else is handed out by an Extents allocator."""
+docs/protocol.md); the pin table follows it (host_broker/pins.py: one u64
+stamp per image, locked by clients with OFD locks, so it lives in the pool
+and survives the broker); everything else is handed out by an Extents
+allocator."""
 import fcntl
 import mmap
 import os
@@ -19,10 +22,13 @@ from host_broker.extents import Extents
 from loader.errors import BrokerError
 
 MAGIC = b"LDPPOOL1"
-VERSION = 1
+VERSION = 2                  # 2: the pin table after the header page
 PAGE = 4096
 HEADER_SIZE = PAGE
-_HDR = struct.Struct("<8sII QQQQ 16s")
+PIN_OFF = HEADER_SIZE
+PIN_SLOTS = 8192             # 64 KiB of u64 stamps; sparse until used
+DATA_OFF = PIN_OFF + PIN_SLOTS * 8
+_HDR = struct.Struct("<8sII QQQQ 16s QQ")
 DEFAULT_SIZE = 1 << 30
 
 
@@ -44,7 +50,7 @@ class Pool:
     def __init__(self, name, shm, mm, size, epoch, window, window_size, instance):
         self.name, self._shm, self.mm, self.size = name, shm, mm, size
         self.epoch, self.window, self.window_size, self.instance = epoch, window, window_size, instance
-        self.extents = Extents(HEADER_SIZE, size - HEADER_SIZE)
+        self.extents = Extents(DATA_OFF, size - DATA_OFF)
         self.view = memoryview(mm)
         self._ro = None
 
@@ -71,7 +77,8 @@ class Pool:
         _lock(shm.fd, name)
         mm = _map(shm.fd, size, name)
         instance = secrets.token_bytes(16)
-        _HDR.pack_into(mm, 0, MAGIC, VERSION, HEADER_SIZE, size, epoch, window, window_size, instance)
+        _HDR.pack_into(mm, 0, MAGIC, VERSION, HEADER_SIZE, size, epoch, window, window_size, instance,
+                       PIN_OFF, PIN_SLOTS)
         return cls(name, shm, mm, size, epoch, window, window_size, instance)
 
     @classmethod
@@ -94,8 +101,9 @@ class Pool:
             shm.close_fd()
             raise PoolError(f"pool {name}: size {size} is not a power of two")
         mm = _map(shm.fd, size, name)
-        magic, ver, hsize, psize, epoch, window, wsize, inst = _HDR.unpack_from(mm, 0)
-        if magic != MAGIC or ver != VERSION or hsize != HEADER_SIZE or psize != size:
+        magic, ver, hsize, psize, epoch, window, wsize, inst, pin_off, pin_slots = _HDR.unpack_from(mm, 0)
+        if (magic != MAGIC or ver != VERSION or hsize != HEADER_SIZE or psize != size
+                or (pin_off, pin_slots) != (PIN_OFF, PIN_SLOTS)):
             mm.close()
             shm.close_fd()
             raise PoolError(f"pool {name}: header is corrupted or of another version")
@@ -120,6 +128,11 @@ class Pool:
         size = self.extents.free(off)
         # give the pages back to the system; the file keeps its size
         self.mm.madvise(mmap.MADV_REMOVE, off, size)
+
+    def rw_fd(self):
+        """The broker's own read-write descriptor (its OFD locks are the
+        broker's side of the pins)."""
+        return self._shm.fd
 
     def resident_bytes(self):
         return os.fstat(self._shm.fd).st_blocks * 512

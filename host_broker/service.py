@@ -16,7 +16,7 @@ import time
 from host_broker.acquire import Acquirer, set_lease
 from host_broker.connection import Connection
 from host_broker.daemon import detach, gid_of, lock, prepare_dir, stderr_log
-from host_broker import journal
+from host_broker import journal, plancache
 from host_broker.pool import DEFAULT_SIZE, parse_size
 from host_broker.pool import unlink as pool_unlink
 from host_broker.state import BrokerState
@@ -64,6 +64,9 @@ class Broker:
         self.state = BrokerState(self.pool_name, pool_size, journal, linger, log=self.log,
                                  text_in_pool=text_in_pool)
         self.acquirer = Acquirer(self.state.store, log=self.log, public_only=bool(group))
+        self.plans = plancache.PlanCache(plancache.plans_dir(socket_path), self.state, log=self.log)
+        if not self.state.recovered:
+            self.plans.wipe()           # a new epoch; a re-attach keeps them (stamps decide)
         self.clients = {}
         self._next_client = 1
         self._build_lock = None
@@ -101,6 +104,14 @@ class Broker:
     # --- serving ----------------------------------------------------------------
     async def serve(self, ready=None):
         loop = asyncio.get_running_loop()
+        # a program started from a plan cache file wakes us without waiting
+        # for us: as SCHED_BATCH we do not preempt it on its processor (we
+        # run beside it, or after it); one that waits for an answer sleeps,
+        # so we run at once anyway.  Worker threads inherit it.
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except (AttributeError, OSError):
+            pass
         self._build_lock = asyncio.Lock()
         self._stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -248,14 +259,14 @@ class Broker:
         with self.state.mutex:
             acq = self.acquirer.cached_program(payload)
             if acq is not None:
-                return self._grant(client, acq)
+                return self._grant(client, acq, payload)
         return self._build_program(client, payload)
 
     async def _build_program(self, client, payload):
         req = P.Request.decode(payload)
         async with self._build_lock:
             acq = await asyncio.to_thread(self._in_worker, self.acquirer.program, req, payload)
-            return self._grant(client, acq)
+            return self._grant(client, acq, payload)
 
     def _in_worker(self, fn, *args):
         try:
@@ -263,13 +274,15 @@ class Broker:
         finally:
             self.state.flush()
 
-    def _grant(self, client, acq):
+    def _grant(self, client, acq, payload=None):
         if client.id not in self.clients:
             raise BrokerError("client gone")      # died while its plan was built
         # a lease's own context: dlopen will extend its resolution
         ctx = self.acquirer.lease_context(acq.context) if acq.context is not None else None
         lease = self.state.refs.new_lease(client.id, acq.keys, ctx)
         self._note_uid(client, acq.keys)
+        if payload is not None and client.kind == "process":
+            self.plans.publish(payload, acq)     # the next start needs no round trip
         return set_lease(acq.plan, lease.id)
 
     def _note_uid(self, client, keys):

@@ -11,6 +11,7 @@ import time
 from host_broker import journal, mapped
 from host_broker.images import ImageStore
 from host_broker.journal import JournalError
+from host_broker.pins import Pins
 from host_broker.placement import WINDOW, WINDOW_SIZE, Placements
 from host_broker.pool import Pool, PoolError, PoolInUse
 from host_broker.refcount import RefCounts
@@ -66,6 +67,8 @@ class BrokerState:
         try:
             self._setup(pool, st["slide"], st["boot"] + 1)
             self.quarantined = self.store.restore(st["images"], self.log)
+            self.pins.restore(st.get("pins"), self.store.images)
+            self.pins.sync(self.store.images)
         except (KeyError, TypeError, ValueError) as e:
             self.log(f"journal {self.journal_path}: inconsistent ({e}); starting a fresh pool")
             self.store = None
@@ -113,6 +116,7 @@ class BrokerState:
         self.pool, self.boot = pool, boot
         self.placements = placements or Placements(pool.window, pool.window_size, slide)
         self.refs = RefCounts(lease_prefix=boot)
+        self.pins = Pins(pool)
         self.dirty = False
         self.store = ImageStore(pool, self.placements, self.refs, on_change=self._changed,
                                 make_room=self._make_room, **self._store_kw)
@@ -126,6 +130,7 @@ class BrokerState:
         self.store.touched.clear()
         built = self.dirty
         if self.dirty:
+            self.pins.sync(self.store.images)     # before any plan naming them is published
             self.save()
         self.last_flush = time.monotonic()
         if built:
@@ -157,7 +162,7 @@ class BrokerState:
             "version": 1, "pool": self.pool_name, "pool_size": self.pool.size,
             "instance": self.pool.instance.hex(), "epoch": self.pool.epoch,
             "slide": self.placements.slide, "boot": self.boot, "saved": time.time(),
-            "created": self.created,
+            "created": self.created, "pins": self.pins.to_journal(),
             "images": self.store.to_journal()})
 
     def sweep(self, linger=None):
@@ -165,15 +170,22 @@ class BrokerState:
         Caller holds self.mutex or runs on the event loop with no build
         running."""
         linger = self.linger if linger is None else linger
-        gone = []
+        gone, pinned = [], set()
         while True:
             keys = [k for k in self.refs.evictable(linger)
-                    if self.store.images[k].state == "live" and k not in self.store.touched]
+                    if self.store.images[k].state == "live" and k not in self.store.touched
+                    and k not in pinned]
             keys = [k for k in keys if not self.store.images[k].restored or self._unmapped(k)]
             if not keys:
                 break
             for k in keys:
+                # a process started from a plan cache file pins its images
+                # (pins.py): it lingers until that process is gone
+                if not self.pins.claim(k):
+                    pinned.add(k)
+                    continue
                 gone.append(self.store.evict(k))
+                self.pins.release(k)
         if gone:
             self.save()
         return gone

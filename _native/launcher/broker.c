@@ -2,7 +2,11 @@
  * requests are NUL-terminated key=value strings.  HELLO brings the pool
  * descriptor (SCM_RIGHTS); the connection stays open, close-on-exec, for
  * the life of the process, since its closing releases our leases.  When
- * nobody answers, the embedded broker is started and asked again. */
+ * nobody answers, the embedded broker is started and asked again.
+ *
+ * A start from a plan cache file (fastpath.c) sends HELLO and
+ * ACQUIRE_PROGRAM without waiting: their replies are read when the lease
+ * is first needed (dlopen, a reconnection), see settle(). */
 #include "ldp.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +26,11 @@ int ldp_keep_preload;
 const char *ldp_socket_opt;
 static uint64_t pool_size_from_hello, epoch;
 static int conn_lost;            /* the last call failed because the connection broke */
+static uint64_t lease;           /* of our program; 0 while unknown (or refused) */
+static int replies_pending;      /* HELLO + ACQUIRE_PROGRAM sent by the fast path, replies unread */
+static const void *fast_plan;    /* the plan the fast path runs on (to compare with the broker's) */
+static size_t fast_len;
+static int own_pool_fd;          /* ldp_pool_fd is our own open (it holds the pins): keep it */
 
 #define OP_HELLO 1
 #define OP_ACQ_PROGRAM 2
@@ -33,6 +42,7 @@ static int conn_lost;            /* the last call failed because the connection 
 
 struct buf { char *p; size_t n, cap; };
 static struct buf program_req;   /* the ACQUIRE_PROGRAM keys, sent again with RECLAIM */
+static int program_req_built;
 
 static void put_frame(struct buf *out, uint32_t op, const struct buf *req);
 
@@ -48,7 +58,7 @@ static void put(struct buf *b, const char *key, const char *val)
 
 /* Keep our descriptors out of the way of programs that expect the lowest
  * free numbers (open() returning 3...). */
-static int move_high(int fd)
+int ldp_move_high(int fd)
 {
     struct rlimit rl;
     int lo = 1000;
@@ -59,7 +69,7 @@ static int move_high(int fd)
     return nfd;
 }
 
-static int socket_path(char *out, size_t n)
+int ldp_socket_path(char *out, size_t n)
 {
     const char *s = ldp_socket_opt ? ldp_socket_opt : getenv("LDPOOL_SOCKET");
     const char *x = getenv("XDG_RUNTIME_DIR");
@@ -75,7 +85,7 @@ static int try_connect(const char *path)
     strcpy(a.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    fd = move_high(fd);     /* before connecting: the request follows connect() at once */
+    fd = ldp_move_high(fd);     /* before connecting: the request follows connect() at once */
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
         int e = errno;
         close(fd);
@@ -238,7 +248,7 @@ static const char *kv(const char *p, size_t n, const char *key)
 static int connect_socket(char *err, size_t errlen)
 {
     char sock[PATH_MAX];
-    if (socket_path(sock, sizeof sock) < 0) { snprintf(err, errlen, "socket path too long"); return -1; }
+    if (ldp_socket_path(sock, sizeof sock) < 0) { snprintf(err, errlen, "socket path too long"); return -1; }
     int fd = try_connect(sock);
     if (fd < 0 && (errno == ENOENT || errno == ECONNREFUSED)) {
         if (start_broker(sock, err, errlen) < 0) return -1;
@@ -284,15 +294,23 @@ static int recv_hello(char *err, size_t errlen)
     size_t len;
     int pfd = -1;
     char *r = recv_reply(OP_HELLO, &op, &len, &pfd, err, errlen);
-    if (!r) return -1;
+    if (!r) {
+        if (pfd >= 0) close(pfd);
+        return -1;
+    }
     const char *ps = kv(r, len, "pool_size");
     pool_size_from_hello = ps ? strtoull(ps, NULL, 10) : 0;
     const char *ep = kv(r, len, "epoch");
     epoch = ep ? strtoull(ep, NULL, 10) : 0;
     free(r);
     if (pfd < 0) { snprintf(err, errlen, "the broker sent no pool descriptor"); return -1; }
+    if (own_pool_fd) {
+        /* ours holds the pins (and is its own open file description) */
+        close(pfd);
+        return 0;
+    }
     if (ldp_pool_fd >= 0) close(ldp_pool_fd);   /* a reconnection: the same pool, opened again */
-    ldp_pool_fd = move_high(pfd);
+    ldp_pool_fd = ldp_move_high(pfd);
     return 0;
 }
 
@@ -304,6 +322,70 @@ int ldp_broker_connect(char *err, size_t errlen)
 
 uint64_t ldp_broker_pool_size(void) { return pool_size_from_hello; }
 
+static uint64_t plan_lease(const void *plan, size_t len)
+{
+    uint64_t l = 0;
+    if (len >= sizeof(struct ldp_plan_hdr))
+        memcpy(&l, (const char *)plan + offsetof(struct ldp_plan_hdr, lease), sizeof l);
+    return l;
+}
+
+/* The same plan but for the lease field (the broker's answer to what the
+ * fast path ran on). */
+static int same_plan(const void *a, size_t alen, const void *b, size_t blen)
+{
+    size_t off = offsetof(struct ldp_plan_hdr, lease), end = off + sizeof(uint64_t);
+    return alen == blen && alen >= end && memcmp(a, b, off) == 0 &&
+           memcmp((const char *)a + end, (const char *)b + end, alen - end) == 0;
+}
+
+/* The ACQUIRE_PROGRAM payload, built once: the fast path's cache file is
+ * named after it and must hold exactly these bytes, and RECLAIM repeats
+ * it.  Keys in a stable order (env= in the order of environ), so repeated
+ * starts hit the broker's cache. */
+const void *ldp_broker_request(const char *path, const char *argv0, size_t *len)
+{
+    if (!program_req_built) {
+        struct buf b = {0};
+        char cwd[PATH_MAX];
+        put(&b, "path", path);
+        put(&b, "argv0", argv0);
+        put(&b, "cwd", getcwd(cwd, sizeof cwd) ? cwd : "/");
+        for (char **e = environ; *e; e++)
+            if (strncmp(*e, "LD_", 3) == 0 && !(ldp_keep_preload && strncmp(*e, "LD_PRELOAD=", 11) == 0))
+                put(&b, "env", *e);
+        const char *pre = getenv("LDPOOL_PRELOAD");
+        if (pre) {
+            char *v = malloc(strlen(pre) + 12);
+            strcat(strcpy(v, "LD_PRELOAD="), pre);
+            put(&b, "env", v);
+            free(v);
+        }
+        program_req = b;
+        program_req_built = 1;
+    }
+    *len = program_req.n;
+    return program_req.p;
+}
+
+/* HELLO and ACQUIRE_PROGRAM as one write (every send wakes the broker). */
+static int send_program_pair(char *err, size_t errlen)
+{
+    struct buf h = {0}, out = {0};
+    hello_payload(&h);
+    put_frame(&out, OP_HELLO, &h);
+    put_frame(&out, OP_ACQ_PROGRAM, &program_req);
+    free(h.p);
+    int w = write_all(ldp_broker_fd, out.p, out.n);
+    free(out.p);
+    if (w < 0) {
+        snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
+        conn_lost = 1;
+        return -1;
+    }
+    return 0;
+}
+
 /* HELLO and ACQUIRE_PROGRAM in one write, prepared before connecting: the
  * broker finds both when it accepts the connection and answers them in one
  * wakeup, and the start-up pays one round trip instead of two.
@@ -312,58 +394,105 @@ void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *le
                                  char *err, size_t errlen)
 {
     *connect_failed = 1;
-    struct buf b = {0}, h = {0}, out = {0};
-    char cwd[PATH_MAX];
-    put(&b, "path", path);
-    put(&b, "argv0", argv0);
-    put(&b, "cwd", getcwd(cwd, sizeof cwd) ? cwd : "/");
-    for (char **e = environ; *e; e++)
-        if (strncmp(*e, "LD_", 3) == 0 && !(ldp_keep_preload && strncmp(*e, "LD_PRELOAD=", 11) == 0))
-            put(&b, "env", *e);
-    const char *pre = getenv("LDPOOL_PRELOAD");
-    if (pre) {
-        char *v = malloc(strlen(pre) + 12);
-        strcat(strcpy(v, "LD_PRELOAD="), pre);
-        put(&b, "env", v);
-        free(v);
-    }
-    hello_payload(&h);
-    put_frame(&out, OP_HELLO, &h);
-    put_frame(&out, OP_ACQ_PROGRAM, &b);
-    free(h.p);
-    program_req = b;
-    if (connect_socket(err, errlen) < 0) { free(out.p); return NULL; }
-    int w = write_all(ldp_broker_fd, out.p, out.n);
-    free(out.p);
-    if (w < 0) {
-        snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
-        conn_lost = 1;
+    size_t n;
+    ldp_broker_request(path, argv0, &n);
+    if (connect_socket(err, errlen) < 0 || send_program_pair(err, errlen) < 0 || recv_hello(err, errlen) < 0)
         return NULL;
-    }
-    if (recv_hello(err, errlen) < 0) return NULL;
     *connect_failed = 0;
     uint32_t op;
-    return recv_reply(OP_ACQ_PROGRAM, &op, len, NULL, err, errlen);
+    void *r = recv_reply(OP_ACQ_PROGRAM, &op, len, NULL, err, errlen);
+    if (r) lease = plan_lease(r, *len);
+    return r;
+}
+
+/* The fast path: tell the broker we run `plan` (connect and send, no
+ * waiting; the pool descriptor is already ours).  -1 when no broker
+ * answers: the slow path starts one. */
+int ldp_broker_announce(const void *plan, size_t len, uint64_t plan_epoch)
+{
+    char sock[PATH_MAX], err[256];
+    if (ldp_socket_path(sock, sizeof sock) < 0) return -1;
+    int fd = try_connect(sock);
+    if (fd < 0) return -1;
+    ldp_broker_fd = fd;
+    if (send_program_pair(err, sizeof err) < 0) {
+        ldp_broker_forget();
+        return -1;
+    }
+    replies_pending = 1;
+    fast_plan = plan, fast_len = len;
+    own_pool_fd = 1;
+    epoch = plan_epoch;
+    return 0;
+}
+
+/* The fast path gave up (its plan could not be used): drop the connection
+ * (the broker releases what it granted) before the slow path starts. */
+void ldp_broker_forget(void)
+{
+    if (ldp_broker_fd >= 0) close(ldp_broker_fd);
+    ldp_broker_fd = -1;
+    replies_pending = 0;
+    fast_plan = NULL;
+    own_pool_fd = 0;
+    conn_lost = 0;
+}
+
+/* The fast path's pending replies: the lease, if the broker granted the
+ * very plan we run.  An error or another plan (files changed meanwhile)
+ * leaves us without a lease: our pins keep our images alive, dlopen goes
+ * to ld.so.  -1 only when the connection broke (reconnect). */
+static int settle(char *err, size_t errlen)
+{
+    if (!replies_pending) return 0;
+    replies_pending = 0;
+    uint64_t plan_epoch = epoch;
+    int hello_ok = recv_hello(err, errlen) == 0 && epoch == plan_epoch;
+    if (conn_lost) return -1;
+    uint32_t op;
+    size_t len;
+    void *r = recv_reply(OP_ACQ_PROGRAM, &op, &len, NULL, err, errlen);
+    if (!r) {
+        if (ldp_debug) ldp_note("note: the broker refused the cached plan's program: %s", err);
+        return conn_lost ? -1 : 0;
+    }
+    if (hello_ok && same_plan(r, len, fast_plan, fast_len)) lease = plan_lease(r, len);
+    else if (ldp_debug) ldp_note("note: the broker's plan differs from the cached one: running without a lease");
+    free(r);
+    return 0;
 }
 
 /* After a broker restart: connect again and take our lease back (RECLAIM),
  * so that dlopen keeps working and our images keep their references.  The
  * mappings never depended on the broker; a new epoch means new placements
- * that may clash with ours, so then we stay without a broker. */
+ * that may clash with ours, so then we stay without a broker.  A fast-path
+ * start that never learnt its lease acquires the program again and keeps
+ * the lease only if the plan is the one it runs. */
 static int reconnect(char *err, size_t errlen)
 {
     uint64_t old_epoch = epoch;
     close(ldp_broker_fd);
     ldp_broker_fd = -1;
     conn_lost = 0;
+    replies_pending = 0;
     if (connect_socket(err, errlen) < 0 || send_hello(err, errlen) < 0 || recv_hello(err, errlen) < 0) return -1;
     if (epoch != old_epoch) {
         snprintf(err, errlen, "the broker restarted with a new epoch; dlopen through it is not possible");
         return -1;
     }
+    uint32_t op;
+    size_t len;
+    const struct ldp_plan *mine = ldp_objs[ldp_main]->plan;
+    if (!lease) {
+        char *r = call(OP_ACQ_PROGRAM, &program_req, &op, &len, NULL, err, errlen);
+        if (r && same_plan(r, len, mine->buf, mine->len)) lease = plan_lease(r, len);
+        else if (r) snprintf(err, errlen, "the broker's plan for the program changed; dlopen through it is not possible");
+        free(r);
+        return lease ? 0 : -1;
+    }
     struct buf b = {0};
     char num[32];
-    snprintf(num, sizeof num, "%lu", ldp_objs[ldp_main]->plan->h->lease);
+    snprintf(num, sizeof num, "%lu", lease);
     put(&b, "lease", num);
     snprintf(num, sizeof num, "%lu", epoch);
     put(&b, "epoch", num);
@@ -375,8 +504,6 @@ static int reconnect(char *err, size_t errlen)
     if (b.n + program_req.n > b.cap) b.p = realloc(b.p, b.cap = b.n + program_req.n);
     if (program_req.n) memcpy(b.p + b.n, program_req.p, program_req.n);
     b.n += program_req.n;
-    uint32_t op;
-    size_t len;
     char *r = call(OP_RECLAIM, &b, &op, &len, NULL, err, errlen);
     free(b.p);
     free(r);
@@ -386,9 +513,19 @@ static int reconnect(char *err, size_t errlen)
 void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int mode, size_t *len,
                                  int *unserved, char *err, size_t errlen)
 {
+    *unserved = 0;
+    if (settle(err, errlen) < 0 && reconnect(err, errlen) < 0) {
+        *unserved = -1;
+        return NULL;
+    }
+    if (!lease) {
+        snprintf(err, errlen, "no lease from the broker for this program");
+        *unserved = -1;
+        return NULL;
+    }
     struct buf b = {0};
     char num[32];
-    snprintf(num, sizeof num, "%lu", ldp_objs[ldp_main]->plan->h->lease);
+    snprintf(num, sizeof num, "%lu", lease);
     put(&b, "lease", num);
     put(&b, "name", name);
     put(&b, "requester", requester ? requester->path : ldp_objs[ldp_main]->path);
@@ -404,12 +541,13 @@ void *ldp_broker_acquire_library(const char *name, struct ldp_rt *requester, int
     return r;
 }
 
-void ldp_broker_release(uint64_t lease, uint32_t first, uint32_t n)
+void ldp_broker_release(uint64_t lease_id, uint32_t first, uint32_t n)
 {
-    if (ldp_broker_fd < 0) return;
+    char err[256];
+    if (ldp_broker_fd < 0 || settle(err, sizeof err) < 0) return;
     struct buf b = {0};
     char num[32];
-    snprintf(num, sizeof num, "%lu", lease);
+    snprintf(num, sizeof num, "%lu", lease_id ? lease_id : lease);
     put(&b, "lease", num);
     for (uint32_t i = 0; i < n; i++) {
         snprintf(num, sizeof num, "%u", first + i);
@@ -417,7 +555,6 @@ void ldp_broker_release(uint64_t lease, uint32_t first, uint32_t n)
     }
     uint32_t op;
     size_t len;
-    char err[256];
     free(call(OP_RELEASE, &b, &op, &len, NULL, err, sizeof err));
     free(b.p);
 }

@@ -19,7 +19,7 @@
 /* LDPOOL_TIMING=1: where the launcher's time goes, one line on stderr */
 static int timing;
 static double t_prev, t_acc[10];
-static const char *const t_names[10] = {"broker", "", "check", "glibc", "map", "imports", "fixups",
+static const char *const t_names[10] = {"setup", "broker", "check", "glibc", "map", "imports", "fixups",
                                          "tls", "init"};
 
 static void lap(int phase)
@@ -32,13 +32,13 @@ static void lap(int phase)
     t_prev = now;
 }
 
-static void report_timing(void)
+static void report_timing(const char *route)
 {
     if (!timing) return;
     char line[512];
     int n = snprintf(line, sizeof line, "ldpool-exec: timing (us):");
     for (int i = 0; i < 9; i++) n += snprintf(line + n, sizeof line - n, " %s=%.0f", t_names[i], t_acc[i]);
-    snprintf(line + n, sizeof line - n, "\n");
+    snprintf(line + n, sizeof line - n, " path=%s\n", route);
     ssize_t w = write(2, line, strlen(line));
     (void)w;
 }
@@ -262,6 +262,14 @@ int main(int argc, char **argv, char **envp)
     size_t len;
     void *buf;
     uint64_t pool_size = 0;
+    /* the plan cache file first (fastpath.c): no broker round trip; the
+     * broker path when it cannot be used, from any step up to mapping */
+    int fast = !planfile && !getenv("LDPOOL_NO_FASTPATH");
+    const char *route = planfile ? "file" : "slow";
+    struct ldp_plan *p = malloc(sizeof *p);
+    int ok, mapped;
+    lap(0);
+again:
     if (planfile) {
         ldp_debug_mode = 1;
         buf = read_file(planfile, &len);
@@ -275,16 +283,28 @@ int main(int argc, char **argv, char **envp)
             strcat(strcat(abuf, "/"), path);
             path = abuf;
         }
-        int unreachable;
-        buf = ldp_broker_acquire_program(path, prog, &len, &unreachable, err, sizeof err);
-        lap(0);
-        if (!buf && (unreachable || unsupported(err)) && !nofallback) fallback(path, argv + i, err, 0);
-        if (!buf) ldp_die(127, "%s", err);
-        pool_size = ldp_broker_pool_size();
+        buf = fast ? ldp_fast_acquire(path, prog, &len, &pool_size, err, sizeof err) : NULL;
+        if (buf) {
+            route = "fast";
+        } else {
+            if (fast && ldp_debug) ldp_note("note: slow path: %s", err);
+            fast = 0;
+            route = "slow";
+            int unreachable;
+            buf = ldp_broker_acquire_program(path, prog, &len, &unreachable, err, sizeof err);
+            if (!buf && (unreachable || unsupported(err)) && !nofallback) fallback(path, argv + i, err, 0);
+            if (!buf) ldp_die(127, "%s", err);
+            pool_size = ldp_broker_pool_size();
+        }
     }
     lap(1);
-    struct ldp_plan *p = malloc(sizeof *p);
-    int ok = ldp_plan_check(p, buf, len, pool_size, err, sizeof err);
+    ok = ldp_plan_check(p, buf, len, pool_size, err, sizeof err);
+    if (fast && (ok < 0 || ldp_fast_check_plan(p, &st, err, sizeof err) < 0)) {
+        if (ldp_debug) ldp_note("note: slow path: %s", ok < 0 ? "bad plan in the plan cache file" : err);
+        ldp_fast_abandon();
+        fast = 0;
+        goto again;
+    }
     if (ok == -2 && !nofallback && !planfile) fallback(path, argv + i, err, 0);
     if (ok < 0) ldp_die(127, "%s%s", ok == -2 ? "" : "bad plan: ", err);
     lap(2);
@@ -293,7 +313,16 @@ int main(int argc, char **argv, char **envp)
         if (!dlopen(ldp_str(p, p->glibc[k]), RTLD_NOW | RTLD_GLOBAL)) ldp_die(127, "%s", dlerror());
     lap(3);
     ldp_objects_add(p);
-    int mapped = ldp_map_plan(p, ldp_pool_fd, err, sizeof err);
+    mapped = ldp_map_plan(p, ldp_pool_fd, err, sizeof err);
+    if (mapped < 0 && fast) {
+        /* nothing of the plan stays mapped: the broker's plan may do */
+        if (ldp_debug) ldp_note("note: slow path: %s", err);
+        ldp_nobj = 0;
+        ldp_main = LDP_NONE;
+        ldp_fast_abandon();
+        fast = 0;
+        goto again;
+    }
     if (mapped < 0) {
         /* nothing of the program runs yet: ld.so can still take over,
          * unless a library changed under the plan (-2): that is an error */
@@ -314,7 +343,7 @@ int main(int argc, char **argv, char **envp)
     lap(7);
     ldp_run_inits(p, ldp_argc, ldp_argv, environ);
     lap(8);
-    report_timing();
+    report_timing(route);
     const char *moved = getenv("LDPOOL_PRELOAD");
     if (moved) {
         setenv("LD_PRELOAD", moved, 1);
