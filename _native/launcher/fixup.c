@@ -108,15 +108,30 @@ int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errle
 struct copy_move { uint64_t old, size, new; };
 struct repoint_ctx { struct copy_move *mv; size_t n; };
 
+/* Which slot of a glibc-family object points into a copied original, and
+ * where it must point now (0: none). */
+static uint64_t moved(const struct repoint_ctx *c, uint64_t v)
+{
+    for (size_t k = 0; k < c->n; k++)
+        if (v - c->mv[k].old < c->mv[k].size) return c->mv[k].new + (v - c->mv[k].old);
+    return 0;
+}
+
+/* One object's slots: a first pass finds the RELRO pages that must change,
+ * so they are made writable once (one mprotect each way for the span, not
+ * two per slot: glibc's stdout, stderr, optind... share a page). */
 static int repoint_one(struct dl_phdr_info *info, size_t size, void *data)
 {
+    (void)size;
     struct repoint_ctx *c = data;
     uint64_t base = info->dlpi_addr, relro_lo = 0, relro_hi = 0;
     const Elf64_Dyn *dyn = NULL;
     for (int i = 0; i < info->dlpi_phnum; i++) {
         const Elf64_Phdr *ph = &info->dlpi_phdr[i];
         if (ph->p_type == PT_DYNAMIC) dyn = (const void *)(base + ph->p_vaddr);
-        if (ph->p_type == PT_GNU_RELRO) relro_lo = base + ph->p_vaddr, relro_hi = relro_lo + ph->p_memsz;
+        /* as ld.so protects it: whole pages only */
+        if (ph->p_type == PT_GNU_RELRO)
+            relro_lo = (base + ph->p_vaddr) & ~4095ul, relro_hi = (base + ph->p_vaddr + ph->p_memsz) & ~4095ul;
     }
     if (!dyn) return 0;
     uint64_t rela = 0, relasz = 0;
@@ -126,20 +141,30 @@ static int repoint_one(struct dl_phdr_info *info, size_t size, void *data)
     }
     if (!rela) return 0;
     if (rela < base) rela += base;   /* ld.so's own .dynamic is not adjusted */
-    for (const Elf64_Rela *r = (const void *)rela; (uint64_t)(r + 1) <= rela + relasz; r++) {
+    const Elf64_Rela *r0 = (const void *)rela, *rend = r0 + relasz / sizeof *r0;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    int hits = 0;
+    for (const Elf64_Rela *r = r0; r < rend; r++) {
         uint32_t t = ELF64_R_TYPE(r->r_info);
         if (t != R_X86_64_GLOB_DAT && t != R_X86_64_64) continue;
-        uint64_t *slot = (uint64_t *)(base + r->r_offset), v = *slot;
-        for (size_t k = 0; k < c->n; k++) {
-            if (v < c->mv[k].old || v >= c->mv[k].old + c->mv[k].size) continue;
-            uint64_t page = (uint64_t)slot & ~4095ul;
-            int relro = (uint64_t)slot >= relro_lo && (uint64_t)slot < relro_hi;
-            if (relro) mprotect((void *)page, 4096, PROT_READ | PROT_WRITE);
-            *slot = c->mv[k].new + (v - c->mv[k].old);
-            if (relro) mprotect((void *)page, 4096, PROT_READ);
-            break;
+        uint64_t slot = base + r->r_offset;
+        if (!moved(c, *(uint64_t *)slot)) continue;
+        hits = 1;
+        if (slot >= relro_lo && slot < relro_hi) {
+            if (slot < lo) lo = slot;
+            if (slot > hi) hi = slot;
         }
     }
+    if (!hits) return 0;
+    lo &= ~4095ul, hi = (hi + 4096) & ~4095ul;
+    if (lo < hi) mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE);
+    for (const Elf64_Rela *r = r0; r < rend; r++) {
+        uint32_t t = ELF64_R_TYPE(r->r_info);
+        if (t != R_X86_64_GLOB_DAT && t != R_X86_64_64) continue;
+        uint64_t *slot = (uint64_t *)(base + r->r_offset), n = moved(c, *slot);
+        if (n) *slot = n;
+    }
+    if (lo < hi) mprotect((void *)lo, hi - lo, PROT_READ);
     return 0;
 }
 
