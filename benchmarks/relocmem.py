@@ -14,16 +14,17 @@ mprotects [page_down(start), page_down(end)) on its own so it is its own
 mapping, and ldpool's plan maps RELRO as segments of its own (shared pool
 pages and per-process fixup pages), with .data starting a new mapping.
 
-Under ldpool a placement also holds pages beyond the object's segments:
-the glibc import stubs and the per-process slot table they jump through,
-which only the launcher writes.  They take the place of GOT entries, so
-they are counted as relocation-caused too (it can only raise ldpool's
-figure)."""
+Under ldpool the epoch's glibc stub region and the per-process slot table
+the stubs jump through (one range for all objects, STUBS_LABEL) are
+written only by the launcher.  They take the place of GOT entries, so
+their private pages are counted as relocation-caused too (it can only
+raise ldpool's figure)."""
 from loader.elf import ElfFile
 from loader.errors import LdpoolError
 
 PAGE = 4096
 PF_W = 2
+STUBS_LABEL = "[ldpool glibc stubs]"     # as host_broker/stats.py names the range
 
 
 def _down(a):
@@ -86,6 +87,10 @@ def relocation_private(label, maps, placement=None):
     """(Private_Dirty kB of the object's loader-only pages, mappings that
     straddle their edge) for one object's mappings in one process; None when
     the object cannot be laid out (not ELF, unknown bias)."""
+    if label == STUBS_LABEL:
+        # the epoch's glibc stubs and this process's slot table: only the
+        # launcher writes there, so all its private pages count
+        return sum(m.Private_Dirty for m in maps), []
     spans = runtime_spans(label, maps, placement)
     if spans is None:
         return None

@@ -14,9 +14,9 @@ import time
 from loader.errors import BrokerError, ResolveError
 from loader.protocol import ProtocolError
 
-HDR = struct.Struct("<8sII IIII II II 8Q QQQQ")
-HDR_SIZE = HDR.size          # 144: struct ldp_plan_hdr
-LEASE_OFF = HDR_SIZE - 8
+HDR = struct.Struct("<8sII IIII II II 8Q QQQQ 5Q II Q")
+HDR_SIZE = HDR.size          # 200: struct ldp_plan_hdr (plan version 3)
+LEASE_OFF = 136
 FIRST_INDEX_OFF = 44
 CACHE_MAX = 512
 RECHECK = 0.05
@@ -264,5 +264,5 @@ def empty_plan(pool_size, first_index=0, placed=()):
     objs = b"".join(struct.pack("<QQQ", p.base, p.map_start, p.map_end) + bytes(248 - 24)
                     for p in placed)
     end = HDR_SIZE + len(objs)
-    return HDR.pack(b"LDPPLAN1", 2, HDR_SIZE, len(placed), 0, 0, 0, 0, 0xFFFFFFFF, 0, first_index,
-                    HDR_SIZE, *([end] * 6), 0, 0, 0, pool_size, 0) + objs
+    return HDR.pack(b"LDPPLAN1", 3, HDR_SIZE, len(placed), 0, 0, 0, 0, 0xFFFFFFFF, 0, first_index,
+                    HDR_SIZE, *([end] * 6), 0, 0, 0, pool_size, 0, 0, 0, 0, 0, 0, 0, 0, end) + objs

@@ -6,8 +6,8 @@ its canonical scope first, and returns the same PlacedImage for the rest of
 the epoch. The broker always reads library files itself (through
 loader.elf), never bytes from a client.
 
-By default the pool holds only the pages relocation or stubs make differ
-from the library file (ImageInfo.file_ranges are never written: sparse,
+By default the pool holds only the pages relocation makes differ from the
+library file (ImageInfo.file_ranges are never written: sparse,
 they cost no memory) and host clients map the rest from the file itself;
 `text_in_pool` keeps whole images, for clients that cannot see host files."""
 import bisect
@@ -72,6 +72,7 @@ class ImageStore:
         self.on_change, self.deps_of = on_change, deps_of
         self.builder = builder or limage.build_image
         self.images = {}            # key -> ImageRecord
+        self.stubs = None           # the epoch's StubRegion (attach_stubs)
         self._starts = []           # sorted (map_start, key) for address lookups
         self._building = {}         # key -> provisional PlacedImage
 
@@ -117,6 +118,30 @@ class ImageStore:
         self.images[new] = rec
         bisect.insort(self._starts, (rec.map_start, new))
 
+    def attach_stubs(self, saved=None):
+        """The epoch's stub region (loader/stubs.py) at the placements'
+        reserved address: made for a fresh epoch, re-adopted from the
+        journal's `saved` after a restart (same indices: running processes
+        and pooled images use them).  Its bytes depend only on its address,
+        so damaged ones are simply written again."""
+        from loader.stubs import StubRegion
+        addr = self.placements.stubs_addr
+        if saved is None:
+            region = StubRegion(addr, 0, on_change=self.on_change)
+            region.pool_off = self.pool.alloc(region.size)
+        else:
+            region = StubRegion.from_json(saved, on_change=self.on_change)
+            if region.addr != addr:
+                raise ValueError(f"stub region at {region.addr:#x}, the epoch reserves {addr:#x}")
+            self.pool.extents.reserve(region.pool_off, region.size)
+        view = self.pool.view[region.pool_off:region.pool_off + region.size]
+        try:
+            if view != region.content():
+                region.write(view)
+        finally:
+            view.release()
+        self.stubs = region
+
     # --- building ---------------------------------------------------------
     def _build(self, obj, elf, key):
         self.admit(obj)
@@ -143,7 +168,7 @@ class ImageStore:
                     dep_keys.append(placed.key)
             out = self.pool.view[pool_off:pool_off + lay.pool_size]
             if self.text_in_pool:
-                info = self.builder(elf, base, scope, out, key=key)
+                info = self.builder(elf, base, scope, out, key=key, stubs=self.stubs)
             else:
                 info = self._build_sparse(elf, base, scope, out, key)
         except BaseException:
@@ -168,7 +193,7 @@ class ImageStore:
         from the file: the file's pages are never written there."""
         scratch = mmap.mmap(-1, len(out))
         try:
-            info = self.builder(elf, base, scope, scratch, key=key)
+            info = self.builder(elf, base, scope, scratch, key=key, stubs=self.stubs)
             view = memoryview(scratch)
             try:
                 for a, b in limage.pool_ranges(info):

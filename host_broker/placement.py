@@ -6,11 +6,16 @@ the program; 0x2000_0000_0000 is far from both) and a random page-aligned
 slide chosen when an epoch starts, as dyld's shared cache slides per boot.
 Each image gets one non-overlapping range, kept for the whole epoch; a freed
 range is reused only after its image's linger delay (the refcount module
-decides when), since processes may still have it mapped."""
+decides when), since processes may still have it mapped.
+
+The first range of the epoch (at the slide itself) is reserved for the
+epoch's glibc stub region and slot table (loader/stubs.py): every client
+maps them there for the whole epoch."""
 import secrets
 
 from host_broker.extents import Extents, OutOfSpace
 from loader.errors import BrokerError
+from loader.stubs import region_size
 
 WINDOW = 0x2000_0000_0000
 WINDOW_SIZE = 0x1000_0000_0000          # 16 TiB
@@ -31,6 +36,8 @@ class Placements:
             raise BrokerError(f"placement slide {slide:#x} does not fit the window")
         self.window, self.window_size, self.slide, self.span = window, window_size, slide, span
         self.extents = Extents(window + slide, span)
+        self.stubs_addr = window + slide
+        self.extents.reserve(self.stubs_addr, region_size() + GUARD)
 
     def alloc(self, size, align=PAGE):
         try:

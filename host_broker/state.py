@@ -66,6 +66,7 @@ class BrokerState:
         self.created = st.get("created")
         try:
             self._setup(pool, st["slide"], st["boot"] + 1)
+            self.store.attach_stubs(st["stubs"])
             self.quarantined = self.store.restore(st["images"], self.log)
             self.pins.restore(st.get("pins"), self.store.images)
             self.pins.sync(self.store.images)
@@ -86,6 +87,7 @@ class BrokerState:
         placements = Placements(WINDOW, WINDOW_SIZE)
         pool = Pool.create(self.pool_name, self.pool_size, epoch, WINDOW, WINDOW_SIZE)
         self._setup(pool, placements.slide, 1, placements)
+        self.store.attach_stubs()
         self.log(f"new pool {self.pool_name} ({self.pool_size >> 20} MiB), epoch {epoch}, "
                  f"slide {placements.slide:#x}")
         self.save()
@@ -163,7 +165,7 @@ class BrokerState:
             "instance": self.pool.instance.hex(), "epoch": self.pool.epoch,
             "slide": self.placements.slide, "boot": self.boot, "saved": time.time(),
             "created": self.created, "pins": self.pins.to_journal(),
-            "images": self.store.to_journal()})
+            "stubs": self.store.stubs.to_json(), "images": self.store.to_journal()})
 
     def sweep(self, linger=None):
         """Evict images unused for the linger delay; their space is reused.

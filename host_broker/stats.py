@@ -77,4 +77,18 @@ def stats_for(broker, uid):
             "window": hex(st.pool.window), "window_size": hex(st.pool.window_size),
             "slide": hex(st.placements.slide), "linger": st.linger, "boot": st.boot,
             "recovered": st.recovered, "broker_pid": os.getpid(), "time": time.time(),
-            "images": images, "clients": clients, "totals": tot}
+            "images": images, "clients": clients, "totals": tot, "stubs": _stubs(st)}
+
+
+def _stubs(st):
+    """The epoch's glibc stub region and slot table (loader/stubs.py): one
+    range, named so that memory accounting can charge it (the slot pages
+    are private in every process)."""
+    s = st.store.stubs
+    if s is None:
+        return None
+    return {"name": STUBS_LABEL, "start": hex(s.addr), "end": hex(s.slots_addr + s.slots_size),
+            "slots_addr": hex(s.slots_addr), "registered": len(s.names), "capacity": s.capacity}
+
+
+STUBS_LABEL = "[ldpool glibc stubs]"

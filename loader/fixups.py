@@ -5,8 +5,9 @@ or where the value is only known in the process (glibc symbols, TLS,
 IFUNC results, COPY).
 
 Every relocation is accounted for: `FixupSet.counts` says how many were
-found equal to the image ("same"), went through a stub ("stub"), and
-became which fixup record ("slot" for a stub's slot fill).
+found equal to the image ("same"), went through a stub ("stub": the
+image's word is the epoch's stub and the plan fills its slot, once per
+plan, in `ctx.slots`), and became which fixup record.
 """
 from collections import Counter
 
@@ -15,6 +16,7 @@ from _native import reloc
 from loader import planformat as pf
 from loader.errors import ElfError, ResolveError
 from loader.imports import import_name
+from loader.stubs import stub_index
 from loader.prerelocate import (F_IFUNC, F_WEAKREF, R_32, R_32S, R_64, R_COPY, R_DTPMOD64,
                                 R_DTPOFF64, R_GLOB_DAT, R_IRELATIVE, R_JUMP_SLOT, R_NONE,
                                 R_PC32, R_PC64, R_RELATIVE, R_SIZE32, R_TLSDESC,
@@ -47,6 +49,20 @@ class Imports:
         return i
 
 
+SLOT_BIND_NOW = 1
+
+
+def add_slot(slots, k, imp, g, bind_now):
+    """Record that slot k of the plan's slot table gets import `imp`;
+    `g` (global object index) names the first user in messages; one
+    BIND_NOW user makes a missing symbol fail at start."""
+    row = slots.get(k)
+    if row is None:
+        slots[k] = [imp, g, SLOT_BIND_NOW if bind_now else 0]
+    elif bind_now:
+        row[2] |= SLOT_BIND_NOW
+
+
 class FixupSet:
     def __init__(self):
         self.fixes = []          # (addr, type, sym, addend, aux)
@@ -72,7 +88,8 @@ def undefined_error(elf, name):
 
 def object_fixups(ctx, k):
     """FixupSet for process-scope entry k (a pooled object).  `ctx` has
-    entries, placed (per entry), source, imports, global_index, bind_now."""
+    entries, placed (per entry), source, imports, global_index, bind_now,
+    stubs (the source's StubRegion or None) and slots (k -> row, filled)."""
     entries = ctx.entries
     elf, base, _ = entries[k]
     placed = ctx.placed[k]
@@ -81,7 +98,8 @@ def object_fixups(ctx, k):
     origin = base + lay.lo
     b = bind_entries(ctx.scope, k)
     fs = FixupSet()
-    slots_done = set()
+    symtypes = {}
+    stubs = getattr(ctx, "stubs", None)
     lazy_ok = not (ctx.bind_now or elf.bind_now)
 
     def glibc_import(s, flags, weak):
@@ -151,16 +169,16 @@ def object_fixups(ctx, k):
                 sv = static_value(entries, b, r)     # SIZE32/64
                 same_or_abs(addr, sv[0], sv[1])
                 return
-            if t == R_JUMP_SLOT:
-                stub = placed.info.stubs.get(import_name(elf, s))
-                if stub is not None and load(image, addr - origin, 8) == lay.stub_addr(base, stub[0]):
-                    if stub[0] not in slots_done:
-                        slots_done.add(stub[0])
-                        fs.add(stub[1], pf.FIX_SYM64, glibc_import(s, pf.IMP_FUNC, weak))
-                        fs.counts["SYM64"] -= 1
-                        fs.counts["slot"] += 1
+            si = stub_index(stubs, elf, b, r, symtypes)
+            if si is not None:
+                value = stubs.stub_addr(si)
+                if load(image, addr - origin, 8) == value:
                     fs.counts["stub"] += 1
-                    return
+                else:
+                    fs.add(addr, pf.FIX_ABS64, addend=value)
+                add_slot(ctx.slots, si, glibc_import(s, pf.IMP_FUNC, weak), ctx.global_index[k],
+                         not lazy_ok)
+                return
             if t == R_PC64:
                 raise ElfError(elf.path, "R_X86_64_PC64 against a glibc symbol is not supported")
             func = t == R_JUMP_SLOT or bool(b.flags[r] & F_IFUNC)

@@ -1,18 +1,14 @@
 """Pool image of one object: its identity (`image_key`), what lies where in
 its reserved range (`layout`), and the bytes the pool keeps for it
 (`build_image`): the memory image at one load bias, pre-relocated once
-against the object's canonical scope, followed by its glibc stubs.
+against the object's canonical scope.
 
-Range of an object placed at load bias B (all page aligned):
-
-    B+lo ........ B+hi   the PT_LOAD span, as ld.so would map it
-    B+hi ........        stub pages: `jmp *slot(%rip)` per JUMP_SLOT import
-    ..... map_end        slot pages: the stubs' targets, per process (anon)
-
-The pool stores the span and the stub pages (`pool_size` bytes); slot pages
-exist only in each process.  Stubs are laid out for every symbol a
-JUMP_SLOT names, whatever it binds to, so the size of an image is known
-before anything is resolved (an allocator needs it before building).
+The range of an object placed at load bias B is its PT_LOAD span
+[B+lo, B+hi), as ld.so would map it, and the pool stores exactly that
+(`pool_size` bytes).  Function imports from glibc's family go through the
+source's one stub region (loader/stubs.py), shared by every image of the
+epoch, so an image has no stub or slot pages of its own and its size is
+known before anything is resolved (an allocator needs it before building).
 
 ImageSource protocol (implemented by host_broker over the shared pool and
 by loader.localpool over a private file):
@@ -29,6 +25,9 @@ by loader.localpool over a private file):
     source.pool_size, source.pool_path
         size of the pool the PlacedImage offsets refer to, and a path (or
         None) a launcher in debug mode can map it from.
+    source.stubs
+        the epoch's loader.stubs.StubRegion (None: glibc imports are all
+        per-process fixups).
 """
 import hashlib
 import os
@@ -38,9 +37,6 @@ from dataclasses import dataclass, field
 from loader.elf import PF_R, PF_W, PF_X, PT_GNU_RELRO, PT_NOTE
 
 PAGE = 4096
-STUB_SIZE = 8          # ff 25 disp32 (jmp *disp32(%rip)), then two int3
-SLOT_SIZE = 8
-R_X86_64_JUMP_SLOT = 7
 NT_GNU_BUILD_ID = 3
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
@@ -100,26 +96,10 @@ def image_key(elf, instance=0):
 
 
 # ------------------------------------------------------------------ layout
-def jump_slot_symbols(elf):
-    """Dynamic symbol indices named by JUMP_SLOT relocations (DT_JMPREL or,
-    unusually, DT_RELA), sorted, unique: one stub each."""
-    out = set()
-    for table in (elf.rela, elf.jmprel):
-        for x in table[1::3]:
-            if x & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and x >> 32:
-                out.add(x >> 32)
-    return sorted(out)
-
-
 @dataclass
 class ImageLayout:
     lo: int                 # page_down(lowest PT_LOAD vaddr)
     hi: int                 # page_up(end of the highest PT_LOAD)
-    stub_syms: list         # dynamic symbol index per stub, in stub order
-    stub_off: int           # offset of the stub pages from lo
-    stub_size: int
-    slot_off: int           # offset of the slot pages from lo
-    slot_size: int
 
     @property
     def span(self):
@@ -127,29 +107,19 @@ class ImageLayout:
 
     @property
     def pool_size(self):
-        """Bytes the pool keeps: the span and the stub pages."""
-        return self.stub_off + self.stub_size
+        """Bytes the pool keeps: the span."""
+        return self.span
 
     @property
     def map_size(self):
         """Bytes of address space the object occupies in a process."""
-        return self.slot_off + self.slot_size
-
-    def stub_addr(self, base, i):
-        return base + self.lo + self.stub_off + STUB_SIZE * i
-
-    def slot_addr(self, base, i):
-        return base + self.lo + self.slot_off + SLOT_SIZE * i
+        return self.span
 
 
 def layout(elf):
     lo = page_down(min(s.vaddr for s in elf.loads))
     hi = page_up(max(s.vaddr + s.memsz for s in elf.loads))
-    syms = jump_slot_symbols(elf)
-    stub_size = page_up(len(syms) * STUB_SIZE)
-    slot_size = page_up(len(syms) * SLOT_SIZE)
-    span = hi - lo
-    return ImageLayout(lo, hi, syms, span, stub_size, span + stub_size, slot_size)
+    return ImageLayout(lo, hi)
 
 
 # ------------------------------------------------------------------ image
@@ -160,8 +130,8 @@ class ImageInfo:
     path: str
     base: int                       # load bias the image was relocated for
     layout: ImageLayout
-    # import (name, version or None) -> (stub index, slot address), for
-    # JUMP_SLOT imports the canonical scope binds into glibc's family
+    # import (name, version or None) -> index in the source's stub region,
+    # for the function imports the canonical scope binds into glibc's family
     stubs: dict = field(default_factory=dict)
     # page index ranges [first, end) (pages from base+lo) of the span that
     # are expected to stay shareable in a process whose scope binds like
@@ -195,7 +165,7 @@ class PlacedImage:
     key: str
     base: int          # load bias
     pool_off: int      # pool offset of the image's first byte (address base+lo)
-    size: int          # pool bytes (span + stub pages)
+    size: int          # pool bytes (the span)
     info: ImageInfo
 
     @property
@@ -233,16 +203,6 @@ def memory_image(elf, l_addr):
     out = bytearray(lay.span)
     write_memory_image(elf, lay, out)
     return out, l_addr + lay.lo
-
-
-def write_stubs(lay, base, out, used):
-    """One `jmp *slot(%rip)` per stub index in `used` (int3 elsewhere
-    would be nicer, but the pages are zero: 00 00 is `add %al,(%rax)` and
-    faults on the null slot page anyway)."""
-    for i in used:
-        at = lay.stub_off + STUB_SIZE * i
-        disp = lay.slot_addr(base, i) - (lay.stub_addr(base, i) + 6)
-        out[at:at + STUB_SIZE] = b"\xff\x25" + struct.pack("<i", disp) + b"\xcc\xcc"
 
 
 def file_backing(elf, lay):
@@ -295,10 +255,11 @@ def relro_range(elf, base):
     return base + page_down(r.vaddr), base + page_down(r.vaddr + r.memsz)
 
 
-def build_image(elf, base, canonical_scope, out_buffer, key=None):
+def build_image(elf, base, canonical_scope, out_buffer, key=None, stubs=None):
     """Write the image of `elf` for load bias `base` into `out_buffer`
     (zero-filled, layout(elf).pool_size bytes) and pre-relocate it against
-    `canonical_scope` (scope entry 0 is `elf` itself)."""
+    `canonical_scope` (scope entry 0 is `elf` itself); glibc function
+    imports point at `stubs` (a loader.stubs.StubRegion, or None)."""
     from loader import prerelocate
     lay = layout(elf)
     out = memoryview(out_buffer).cast("B")
@@ -309,8 +270,7 @@ def build_image(elf, base, canonical_scope, out_buffer, key=None):
         raise ValueError(f"canonical scope of {elf.path} must start with the object at its base")
     write_memory_image(elf, lay, out)
     info = ImageInfo(key or image_key(elf), elf.path, base, lay)
-    b = prerelocate.prerelocate(elf, base, lay, canonical_scope, out, info)
-    write_stubs(lay, base, out, [i for i, _ in info.stubs.values()])
+    b = prerelocate.prerelocate(elf, base, lay, canonical_scope, out, info, stubs)
     from _native import reloc
     info.file_ranges = file_ranges(elf, lay, out, reloc.pages_touched(b, base + lay.lo, lay.span))
     return info

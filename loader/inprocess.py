@@ -23,7 +23,7 @@ from loader.errors import LdpoolError, ResolveError
 
 RTLD_DEFAULT = ctypes.c_void_p(0)
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANON, MAP_FIXED_NOREPLACE = 1, 2, 0x10, 0x20, 0x100000
-PROT_READ, PROT_WRITE = 1, 2
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _mmap = _libc.mmap
@@ -45,7 +45,8 @@ _REGFN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _DEREGFN = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
 
 _lock = threading.RLock()
-_state = {"pool": None, "next_index": 0, "mapped": {}}   # mapped: path key -> _Mapped
+_state = {"pool": None, "next_index": 0, "mapped": {},   # mapped: path key -> _Mapped
+          "stubs": set()}                                 # stub regions mapped (addresses)
 
 
 class _FuncPtr(ctypes._CFuncPtr):
@@ -91,6 +92,35 @@ def _import_addresses(p):
             raise ResolveError(f"symbol lookup error: undefined symbol: {name}" + (f", version {ver}" if ver else ""))
         out.append(a or 0)
     return out
+
+
+def _fill_slots(p, fd, imp):
+    """The source's glibc stub region (loader/stubs.py) and this process's
+    slot table behind it, mapped on first use; then the plan's slots get
+    their imports' addresses (the table is read-only otherwise)."""
+    h = p.hdr
+    if not h["stubs_addr"]:
+        return
+    if h["stubs_addr"] not in _state["stubs"]:
+        for addr, size, prot, flags, f, off in (
+                (h["stubs_addr"], h["stubs_size"], PROT_READ | PROT_EXEC, MAP_SHARED, fd, h["stubs_pool_off"]),
+                (h["slots_addr"], h["slots_size"], PROT_READ, MAP_PRIVATE | MAP_ANON, -1, 0)):
+            got = _mmap(addr, size, prot, flags | MAP_FIXED_NOREPLACE, f, off)
+            if got != addr:
+                if got not in (None, 2**64 - 1) and got != -1:
+                    _munmap(got, size)
+                raise LdpoolError(f"cannot map the glibc stubs at {addr:#x}: address in use")
+        _state["stubs"].add(h["stubs_addr"])
+    for k, i, _obj, _flags in p.slots:
+        at = h["slots_addr"] + 8 * k
+        slot = ctypes.c_uint64.from_address(at)
+        if slot.value == imp[i]:
+            continue
+        if slot.value:
+            raise LdpoolError(f"glibc stub slot {k} already holds another function")
+        _check(_mprotect(at & ~4095, 4096, PROT_READ | PROT_WRITE), "mprotect")
+        slot.value = imp[i]
+        _mprotect(at & ~4095, 4096, PROT_READ)
 
 
 def _map_object(p, o, fd):
@@ -306,6 +336,7 @@ def _load(name, res, blob, fd):
     for g in p.glibc:
         ctypes.CDLL(p.string(g), mode=os.RTLD_GLOBAL)
     imp = array.array("Q", _import_addresses(p))
+    _fill_slots(p, fd, imp)
     # module ids unique in this process, whatever the plan numbered
     first = _state["next_index"]
     _state["next_index"] = first + len(p.objects)

@@ -9,6 +9,7 @@ import secrets
 
 from loader import image as limage
 from loader.errors import LdpoolError, ResolveError
+from loader.stubs import StubRegion, region_size
 
 WINDOW = 0x3000_0000_0000          # the broker's window is 0x2000_0000_0000
 WINDOW_SPAN = 0x0100_0000_0000
@@ -45,8 +46,11 @@ class LocalPool:
         self.view = memoryview(self.mm)
         if slide is None:
             slide = secrets.randbelow(WINDOW_SPAN // 2 // PAGE) * PAGE
-        self.next_va = window + slide
-        self.next_off = 0
+        # the stub region first, at the start of the pool and of the window
+        self.stubs = StubRegion(window + slide, 0)
+        self.stubs.write(self.view[:self.stubs.size])
+        self.next_va = window + slide + region_size(self.stubs.capacity) + PAGE
+        self.next_off = self.stubs.size
         self.images = {}
         self._building = {}
 
@@ -80,7 +84,7 @@ class LocalPool:
                 else:
                     scope.append((d.elf, self.place(d).base, False))
             out = self.view[pool_off:pool_off + lay.pool_size]
-            info = limage.build_image(elf, base, scope, out, key=key)
+            info = limage.build_image(elf, base, scope, out, key=key, stubs=self.stubs)
         finally:
             del self._building[key]
         placed = limage.PlacedImage(key, base, pool_off, lay.pool_size, info)

@@ -14,7 +14,9 @@ Conventions the launcher relies on (beyond plan.h):
   * init lists the libraries (never the main program, whose DT_INIT and
     init arrays __libc_start_main runs) in the order glibc runs them;
     finalisers run in the reverse order, the main program's first;
-  * a slot page is ANON, read-write: its SYM64 fixups fill the stubs' slots;
+  * glibc function imports that pooled code calls or points at go through
+    the source's stub region (loader/stubs.py): the plan's slot records
+    say which import fills which slot of the per-process slot table;
   * TLS: tls_tpoff is carved from the launcher's static reserve, the main
     program's block first (it ends at the thread pointer); tls_modid is
     1 + global index; in a dlopen plan tls_tpoff is 0 (dynamic TLS only);
@@ -195,9 +197,13 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
               first_index, bind_now, lease, with_stats, dynamic_tls=False, text_in_pool=True):
     data = pf.PlanData(first_index=first_index, lease=lease, pool_size=source.pool_size)
     strings = data.strings
+    stubs = getattr(source, "stubs", None)
     ctx = SimpleNamespace(entries=entries, scope=scope, placed=placed, source=source,
                           global_index=gindex, imports=Imports(strings), bind_now=bind_now,
-                          glibc_flags=bytes(1 if e[2] else 0 for e in entries))
+                          glibc_flags=bytes(1 if e[2] else 0 for e in entries),
+                          stubs=stubs, slots={})
+    if stubs is not None:
+        data.stubs = (stubs.addr, stubs.size, stubs.pool_off, stubs.slots_addr, stubs.slots_size)
     data.static_tls_size, data.static_tls_align = tls_total
     counts = {}
     for k in pooled:
@@ -250,6 +256,7 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
         rec["eh_frame_hdr"] = base + eh.vaddr if eh is not None else 0
         data.objects.append(rec)
     data.imports = ctx.imports.rows
+    data.slots = [(k, imp, g, flags) for k, (imp, g, flags) in sorted(ctx.slots.items())]
     data.init = [gindex[k] for k in init]
     data.glibc = [strings.add(objs[k].soname or objs[k].path.rsplit("/", 1)[-1]) for k in glibc
                   if not (objs[k].soname or "").startswith("ld-linux")]
@@ -292,6 +299,11 @@ def explain(plan):
             out.append(f"    {addr:#x}-{addr + length:#x} {pr} {pf.SEG_NAMES[kind]}"
                        + (f" file+{off:#x}" if kind == pf.SEG_FILE else
                           f" pool+{off:#x}" if kind != pf.SEG_ANON else ""))
+    if h["stubs_addr"]:
+        out.append(f"stubs {h['stubs_addr']:#x}+{h['stubs_size']:#x} pool+{h['stubs_pool_off']:#x}, "
+                   f"slots {h['slots_addr']:#x}+{h['slots_size']:#x}: {h['nslot']} filled")
+        for k, imp, g, flags in p.slots:
+            out.append(f"  slot {k}: import {imp} (first user [{g}])" + (" bind-now" if flags & pf.SLOT_BIND_NOW else ""))
     for i, (name, ver, flags, _) in enumerate(p.imports):
         out.append(f"  import {i}: {p.string(name)}" + (f"@{p.string(ver)}" if ver != pf.NONE else "")
                    + (" weak" if flags & pf.IMP_WEAK else "") + (" func" if flags & pf.IMP_FUNC else "")

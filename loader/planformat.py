@@ -5,14 +5,15 @@ import struct
 from dataclasses import dataclass, field
 
 MAGIC = b"LDPPLAN1"
-VERSION = 2
+VERSION = 3
 NONE = 0xFFFFFFFF
 
-HDR = struct.Struct("<8s10I8Q4Q")
+HDR = struct.Struct("<8s10I8Q4Q5Q2IQ")
 OBJ = struct.Struct("<5Q2I2I2I2I3Q6Q4Qq2I3Q4Q")
 SEG = struct.Struct("<3Q2I")
 FIX = struct.Struct("<QIIqQ")
 IMP = struct.Struct("<4I")
+SLOT = struct.Struct("<4I")
 
 OBJ_FIELDS = ("l_addr map_start map_end l_ld phdr phnum flags name path seg_first seg_count "
               "fix_first fix_count entry init fini preinit_array preinit_count init_array "
@@ -27,6 +28,11 @@ SEG_SHARED, SEG_PRIVATE, SEG_ANON, SEG_FILE = 1, 2, 3, 4
 FIX_ABS64, FIX_SYM64, FIX_SYM_PC32, FIX_SYM32, FIX_SYM32S, FIX_IRELATIVE = 1, 2, 3, 4, 5, 6
 FIX_DTPMOD, FIX_TPOFF, FIX_TLSDESC, FIX_COPY, FIX_GLIBC_TPOFF = 7, 8, 9, 10, 11
 IMP_WEAK, IMP_FUNC, IMP_TLS = 1, 2, 4
+SLOT_BIND_NOW = 1
+HDR_NAMES = ("magic version hdr_size nobj nseg nfix nimport ninit main_obj nglibc first_index "
+             "off_obj off_seg off_fix off_import off_init off_glibc off_str str_size "
+             "static_tls_size static_tls_align pool_size lease "
+             "stubs_addr stubs_size stubs_pool_off slots_addr slots_size nslot reserved2 off_slot").split()
 
 FIX_NAMES = {FIX_ABS64: "ABS64", FIX_SYM64: "SYM64", FIX_SYM_PC32: "SYM_PC32", FIX_SYM32: "SYM32",
              FIX_SYM32S: "SYM32S", FIX_IRELATIVE: "IRELATIVE", FIX_DTPMOD: "DTPMOD",
@@ -61,6 +67,8 @@ class PlanData:
     imports: list = field(default_factory=list)    # (name off, version off, flags)
     init: list = field(default_factory=list)       # global object indices
     glibc: list = field(default_factory=list)      # string offsets
+    slots: list = field(default_factory=list)      # (index, import, obj, flags)
+    stubs: tuple = (0, 0, 0, 0, 0)                 # stubs_addr, stubs_size, stubs_pool_off, slots_addr, slots_size
     strings: Strings = field(default_factory=Strings)
     main_obj: int = NONE
     first_index: int = 0
@@ -82,13 +90,14 @@ def pack(p):
     off_import = off_fix + FIX.size * len(p.fixups)
     off_init = off_import + IMP.size * len(p.imports)
     off_glibc = _align8(off_init + 4 * len(p.init))
-    off_str = _align8(off_glibc + 4 * len(p.glibc))
+    off_slot = _align8(off_glibc + 4 * len(p.glibc))
+    off_str = off_slot + SLOT.size * len(p.slots)
     out = bytearray(off_str + len(p.strings.buf))
     HDR.pack_into(out, 0, MAGIC, VERSION, HDR.size, len(p.objects), len(p.segments),
                   len(p.fixups), len(p.imports), len(p.init), p.main_obj, len(p.glibc),
                   p.first_index, off_obj, off_seg, off_fix, off_import, off_init, off_glibc,
                   off_str, len(p.strings.buf), p.static_tls_size, p.static_tls_align,
-                  p.pool_size, p.lease)
+                  p.pool_size, p.lease, *p.stubs, len(p.slots), 0, off_slot)
     for i, o in enumerate(p.objects):
         OBJ.pack_into(out, off_obj + i * OBJ.size, *(o.get(f, 0) for f in OBJ_FIELDS))
     for i, s in enumerate(p.segments):
@@ -99,6 +108,8 @@ def pack(p):
         IMP.pack_into(out, off_import + i * IMP.size, m[0], m[1], m[2], 0)
     struct.pack_into(f"<{len(p.init)}I", out, off_init, *p.init)
     struct.pack_into(f"<{len(p.glibc)}I", out, off_glibc, *p.glibc)
+    for i, sl in enumerate(p.slots):
+        SLOT.pack_into(out, off_slot + i * SLOT.size, *sl)
     out[off_str:] = p.strings.buf
     return bytes(out)
 
@@ -114,6 +125,7 @@ class Plan:
     init: list
     glibc: list
     strtab: bytes
+    slots: list = field(default_factory=list)
 
     def string(self, off):
         if off == NONE:
@@ -127,10 +139,7 @@ def unpack(data):
     h = HDR.unpack_from(data, 0)
     if h[0] != MAGIC:
         raise ValueError("not an ldpool plan (bad magic)")
-    names = ("magic version hdr_size nobj nseg nfix nimport ninit main_obj nglibc first_index "
-             "off_obj off_seg off_fix off_import off_init off_glibc off_str str_size "
-             "static_tls_size static_tls_align pool_size lease").split()
-    hdr = dict(zip(names, h))
+    hdr = dict(zip(HDR_NAMES, h))
     objs = [dict(zip(OBJ_FIELDS, OBJ.unpack_from(data, hdr["off_obj"] + i * OBJ.size)))
             for i in range(hdr["nobj"])]
     segs = [SEG.unpack_from(data, hdr["off_seg"] + i * SEG.size) for i in range(hdr["nseg"])]
@@ -139,4 +148,5 @@ def unpack(data):
     init = list(struct.unpack_from(f"<{hdr['ninit']}I", data, hdr["off_init"]))
     glibc = list(struct.unpack_from(f"<{hdr['nglibc']}I", data, hdr["off_glibc"]))
     strtab = data[hdr["off_str"]:hdr["off_str"] + hdr["str_size"]]
-    return Plan(hdr, objs, segs, fixes, imps, init, glibc, strtab)
+    slots = [SLOT.unpack_from(data, hdr["off_slot"] + i * SLOT.size) for i in range(hdr["nslot"])]
+    return Plan(hdr, objs, segs, fixes, imps, init, glibc, strtab, slots)

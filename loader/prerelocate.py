@@ -3,8 +3,10 @@ scope.  What is the same in every process is written; what is not (values
 in glibc, TLS, IFUNC results, COPY) is left for the plan's per-process
 fixups, and the pages it lands on are not expected to stay shareable.
 
-JUMP_SLOTs that bind into glibc's family get the address of the object's
-stub for that import, so the GOT holds no per-process address either.
+JUMP_SLOTs and function-address GLOB_DAT / R_X86_64_64 that bind into
+glibc's family get the address of the epoch's stub for that import
+(loader/stubs.py), so the GOT holds no per-process address for them
+either; glibc data (stdout, environ...) stays per process.
 """
 import struct
 
@@ -96,14 +98,15 @@ def shareable_candidates(elf, lay):
     return pages
 
 
-def prerelocate(elf, base, lay, scope, out, info):
+def prerelocate(elf, base, lay, scope, out, info, stubs=None):
     """Relocate image bytes `out` (starting at address base+lay.lo) in place;
     fill info.stubs, info.shared_ranges and info.nrelocs.  The engine does
     everything that does not bind into glibc; Python only sees the
-    relocations left per process and the JUMP_SLOTs that become stubs."""
+    relocations left per process and the ones that become stubs."""
     from _native import apply as napply
     from _native import reloc
     from loader.imports import import_name
+    from loader.stubs import stub_index
     entries = scope_entries(scope)
     b = bind_entries(scope, 0)
     origin = base + lay.lo
@@ -114,16 +117,15 @@ def prerelocate(elf, base, lay, scope, out, info):
         at = b.addr[r] - origin
         dirty.add(at >> 12)
         dirty.add((at + 15) >> 12)
-    stub_index = {s: i for i, s in enumerate(lay.stub_syms)}
+    symtypes = {}
     for r in glibc_bound:
         at = b.addr[r] - origin
         if not 0 <= at <= lay.span - 8:
             raise ElfError(elf.path, f"relocation at {b.addr[r] - base:#x} outside the object")
-        if b.rtype[r] == R_JUMP_SLOT:
-            s = b.symidx[r]
-            i = stub_index[s]
-            store(out, at, lay.stub_addr(base, i), 8, elf.path)
-            info.stubs[import_name(elf, s)] = (i, lay.slot_addr(base, i))
+        k = stub_index(stubs, elf, b, r, symtypes)
+        if k is not None:
+            store(out, at, stubs.stub_addr(k), 8, elf.path)
+            info.stubs[import_name(elf, b.symidx[r])] = k
         else:
             dirty.add(at >> 12)
             dirty.add((at + 7) >> 12)

@@ -1,8 +1,7 @@
 """How each page of a placed object is mapped in a process (plan.h's
 ldp_seg): text, rodata and RELRO shared read-only from the pool unless a
 fixup writes there; .data private copy-on-write from the pool; bss past
-the file data anonymous; holes between segments PROT_NONE; stub pages
-shared r-x; slot pages anonymous read-write.  With `from_file`, shared
+the file data anonymous; holes between segments PROT_NONE.  With `from_file`, shared
 pages whose image bytes are the file's own (ImageInfo.file_ranges) are
 mapped from the library file instead, as ld.so would: the pool then need
 not hold them at all.  Works on page intervals, so
@@ -116,7 +115,4 @@ def object_segments(elf, placed, fix_pages, from_file=False):
         emit(a, b, kind, prot)
         cur = b
     emit(cur, span0 + lay.span, pf.SEG_ANON, 0)
-    if lay.stub_size:
-        emit(span0 + lay.stub_off, span0 + lay.stub_off + lay.stub_size, pf.SEG_SHARED, PROT_READ | PROT_EXEC)
-        emit(span0 + lay.slot_off, span0 + lay.slot_off + lay.slot_size, pf.SEG_ANON, PROT_READ | PROT_WRITE)
     return rows

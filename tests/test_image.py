@@ -12,7 +12,9 @@ from loader import image as limage
 from loader import resolve
 from loader.elf import PF_W, PT_GNU_RELRO, ElfFile
 from loader.localpool import LocalPool
+from loader.imports import import_name
 from loader.prerelocate import R_JUMP_SLOT, R_RELATIVE, bind_entries
+from loader.stubs import STUB_SIZE, StubRegion, is_function_ref
 
 LIBZ = "/lib/x86_64-linux-gnu/libz.so.1"
 
@@ -48,11 +50,8 @@ def test_layout(path):
     assert lay.lo % 4096 == 0 and lay.hi % 4096 == 0
     for s in elf.loads:
         assert lay.lo <= s.vaddr and s.vaddr + s.memsz <= lay.hi
-    jumps = {x >> 32 for x in elf.jmprel[1::3] if x & 0xFFFFFFFF == R_JUMP_SLOT}
-    assert lay.stub_syms == sorted(jumps)
-    assert lay.stub_size >= len(jumps) * limage.STUB_SIZE
-    assert lay.pool_size == lay.span + lay.stub_size
-    assert lay.map_size == lay.pool_size + lay.slot_size
+    # glibc stubs live in the source's one stub region: an image is its span
+    assert lay.pool_size == lay.map_size == lay.span
 
 
 def canonical(path):
@@ -67,17 +66,18 @@ def libz_image():
     base = 0x3555_0000_0000
     buf = bytearray(lay.pool_size)
     scope = [(elf, base, False)] + [(o.elf, 0, True) for o in canonical(LIBZ)[1:]]
-    info = limage.build_image(elf, base, scope, buf)
-    return elf, lay, base, bytes(buf), info, scope
+    stubs = StubRegion(0x3554_0000_0000, 0)
+    info = limage.build_image(elf, base, scope, buf, stubs=stubs)
+    return elf, lay, base, bytes(buf), info, scope, stubs
 
 
 def test_image_matches_ldso_copy(libz_image):
     """Every word ld.so relocated in libz, rebased, equals ours; words bound
     into glibc are stubs (JUMP_SLOT) or left for the plan."""
-    elf, lay, base, img, info, scope = libz_image
+    elf, lay, base, img, info, scope, region = libz_image
     theirs_base = mapped_base(LIBZ)
     b = bind_entries(scope, 0)
-    checked = stubs = 0
+    checked = nstubs = 0
     for r in range(b.count):
         off = b.addr[r] - base
         ours = struct.unpack_from("<Q", img, off - lay.lo)[0]
@@ -86,16 +86,16 @@ def test_image_matches_ldso_copy(libz_image):
         if t == R_RELATIVE:
             assert ours - base == theirs - theirs_base, hex(off)
             checked += 1
-        elif t == R_JUMP_SLOT and scope[b.target[r]][2]:
-            i = lay.stub_syms.index(b.symidx[r])
-            assert ours == lay.stub_addr(base, i)
-            stubs += 1
+        elif b.target[r] >= 0 and scope[b.target[r]][2] and is_function_ref(elf, b, r, {}):
+            k = info.stubs[import_name(elf, b.symidx[r])]
+            assert ours == region.stub_addr(k)
+            nstubs += 1
     for addr in b.relr:
         off = addr - base
         ours = struct.unpack_from("<Q", img, off - lay.lo)[0]
         theirs = ctypes.c_uint64.from_address(theirs_base + off).value
         assert ours - base == theirs - theirs_base
-    assert checked > 20 and stubs > 10
+    assert checked > 20 and nstubs > 10
     # read-only segments: byte for byte what ld.so mapped
     for s in elf.loads:
         if not s.flags & PF_W:
@@ -105,37 +105,42 @@ def test_image_matches_ldso_copy(libz_image):
 
 
 def test_stubs_jump_through_their_slots(libz_image):
-    elf, lay, base, img, info, _ = libz_image
+    elf, lay, base, img, info, _, stubs = libz_image
     assert info.stubs, "libz imports glibc functions through its PLT"
-    for (name, ver), (i, slot) in info.stubs.items():
-        at = lay.stub_off + i * limage.STUB_SIZE
-        code = img[at:at + limage.STUB_SIZE]
-        assert code[:2] == b"\xff\x25" and code[6:] == b"\xcc\xcc"
-        disp = struct.unpack_from("<i", code, 2)[0]
-        assert lay.stub_addr(base, i) + 6 + disp == slot == lay.slot_addr(base, i)
+    code = stubs.content()
+    assert len(code) == stubs.size
+    for (name, ver), k in info.stubs.items():
+        assert stubs.index(name, ver) == k
+        c = code[k * STUB_SIZE:(k + 1) * STUB_SIZE]
+        assert c[:2] == b"\xff\x25" and c[6:] == b"\xcc\xcc"
+        disp = struct.unpack_from("<i", c, 2)[0]
+        assert stubs.stub_addr(k) + 6 + disp == stubs.slot_addr(k)
         assert ver is None or ver.startswith("GLIBC_")
+    # first seen, first numbered; the same name and version, the same slot
+    assert sorted(info.stubs.values()) == list(range(len(info.stubs)))
 
 
 def test_shared_pages_and_determinism(libz_image):
-    elf, lay, base, img, info, scope = libz_image
+    elf, lay, base, img, info, scope, stubs = libz_image
     shared = limage.shared_pages(info)
     relro = elf.segment(PT_GNU_RELRO)
     b = bind_entries(scope, 0)
     per_process = {(b.addr[r] - base - lay.lo) >> 12 for r in range(b.count)
-                   if b.target[r] >= 0 and scope[b.target[r]][2] and b.rtype[r] != R_JUMP_SLOT}
+                   if b.target[r] >= 0 and scope[b.target[r]][2] and not is_function_ref(elf, b, r, {})}
     relro_pages = set(range((relro.vaddr - lay.lo) >> 12, (relro.vaddr + relro.memsz - lay.lo) >> 12))
-    # GOT pages are shareable unless a non-PLT reference into glibc (here
-    # __cxa_finalize's GLOB_DAT) needs a per-process value there
+    # GOT pages are shareable unless a reference into glibc that is not a
+    # plain function address (data, a weak reference) needs a per-process
+    # value there
     assert relro_pages - per_process <= shared
     assert not per_process & shared
     text = {p for s in elf.loads if not s.flags & PF_W
             for p in range((s.vaddr - lay.lo) >> 12, (s.vaddr + s.filesz - lay.lo + 4095) >> 12)}
     assert text <= shared
     again = bytearray(lay.pool_size)
-    limage.build_image(elf, base, scope, again)
+    limage.build_image(elf, base, scope, again, stubs=stubs)
     assert bytes(again) == img
     moved = bytearray(lay.pool_size)
-    limage.build_image(elf, base + 0x10_0000, [(elf, base + 0x10_0000, False)] + scope[1:], moved)
+    limage.build_image(elf, base + 0x10_0000, [(elf, base + 0x10_0000, False)] + scope[1:], moved, stubs=stubs)
     text = [s for s in elf.loads if s.flags & 1][0]
     assert moved[text.vaddr - lay.lo:text.vaddr - lay.lo + text.filesz] == \
         img[text.vaddr - lay.lo:text.vaddr - lay.lo + text.filesz]

@@ -81,6 +81,26 @@ static void *lazy_stub(struct ldp_plan *p, uint32_t imp, const char *obj)
 
 #define MISSING ((uint64_t)1)   /* import sentinel: not found, not weak */
 
+static int bind_now(const struct ldp_obj *o);
+
+/* A slot's value: its import, or for a missing one used only lazily, a
+ * stub that fails when called (as ld.so's lazy binding would). */
+static uint64_t slot_value(struct ldp_plan *p, const struct ldp_slot *s, char *err, size_t errlen)
+{
+    uint64_t a = p->imp_addr[s->import];
+    if (a != MISSING) return a;
+    struct ldp_rt *r = s->obj < ldp_nobj ? ldp_objs[s->obj] : NULL;
+    const char *obj = r ? r->path : "?";
+    if (!(s->flags & LDP_SLOT_BIND_NOW) && !(r && bind_now(r->o))) {
+        void *stub = lazy_stub(p, s->import, obj);
+        if (stub) return (uint64_t)stub;
+    }
+    const struct ldp_import *im = &p->imp[s->import];
+    snprintf(err, errlen, "symbol lookup error: %s: undefined symbol: %s%s%s", obj, ldp_str(p, im->name),
+             im->version != LDP_NONE ? ", version " : "", im->version != LDP_NONE ? ldp_str(p, im->version) : "");
+    return 0;
+}
+
 int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen)
 {
     uint32_t n = p->h->nimport;
@@ -100,8 +120,10 @@ int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errle
         }
         p->imp_addr[i] = (uint64_t)a;
     }
-    (void)lazy_ok, (void)err, (void)errlen;
-    return 0;
+    (void)lazy_ok;
+    /* the epoch's slot table: the stubs pooled code calls glibc through */
+    if (ldp_slots_map(p, ldp_pool_fd, err, errlen) < 0) return -1;
+    return ldp_slots_fill(p, slot_value, err, errlen);
 }
 
 /* ---- COPY of glibc data: repoint glibc's GLOB_DAT/64 slots ---- */

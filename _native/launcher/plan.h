@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define LDP_PLAN_MAGIC "LDPPLAN1"
-#define LDP_PLAN_VERSION 2   /* 2: ldp_obj file identity, LDP_SEG_FILE */
+#define LDP_PLAN_VERSION 3   /* 2: ldp_obj file identity, LDP_SEG_FILE; 3: the epoch's stub region and slot table */
 #define LDP_NONE 0xFFFFFFFFu
 
 struct ldp_plan_hdr {
@@ -29,6 +29,15 @@ struct ldp_plan_hdr {
     uint64_t static_tls_align;
     uint64_t pool_size;           /* size of the pool the segments refer to */
     uint64_t lease;               /* broker's id for this acquisition */
+    /* The epoch's glibc stubs (loader/stubs.py): stub k at stubs_addr + 8k is
+     * `jmp *(slots_addr + 8k)(%rip)`; the region is pool pages (shared r-x,
+     * from stubs_pool_off), the slot table is per process (anonymous, read-only
+     * once filled).  Both are the same for every plan of one broker epoch;
+     * stubs_addr 0: no stubs (then nslot is 0). */
+    uint64_t stubs_addr, stubs_size, stubs_pool_off;
+    uint64_t slots_addr, slots_size;
+    uint32_t nslot, reserved2;    /* nslot struct ldp_slot at off_slot */
+    uint64_t off_slot;
 };
 
 enum {
@@ -68,7 +77,7 @@ struct ldp_obj {
 enum {
     LDP_SEG_SHARED = 1,   /* MAP_SHARED from the pool, read-only (+exec) */
     LDP_SEG_PRIVATE = 2,  /* MAP_PRIVATE from the pool; writable while fixups run, then `prot` */
-    LDP_SEG_ANON = 3,     /* anonymous zero pages (bss, stub slot tables) */
+    LDP_SEG_ANON = 3,     /* anonymous zero pages (bss, holes) */
     LDP_SEG_FILE = 4,     /* MAP_PRIVATE from the object's file `path` at file offset
                              pool_off, read-only (+exec): pages the pre-relocated image
                              holds unchanged (text, rodata), shared with ld.so's
@@ -113,6 +122,13 @@ enum { LDP_IMP_WEAK = 1, LDP_IMP_FUNC = 2, LDP_IMP_TLS = 4 };
 struct ldp_import {
     uint32_t name, version;   /* version LDP_NONE: unversioned */
     uint32_t flags, reserved;
+};
+
+/* Slot `index` of the slot table gets the address of import `import`.  `obj`
+ * (global object index) is the first object using it, for messages. */
+enum { LDP_SLOT_BIND_NOW = 1 };   /* a user is BIND_NOW: a missing symbol fails at start */
+struct ldp_slot {
+    uint32_t index, import, obj, flags;
 };
 
 #endif

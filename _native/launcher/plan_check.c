@@ -80,6 +80,45 @@ static int check_fix(const struct ldp_plan *p, const struct ldp_obj *o, const st
     return 0;
 }
 
+static int overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+/* The stub region and slot table: page aligned, in user space, apart from
+ * each other and from every object, the stubs inside the pool; every slot
+ * record names an import and an index both ranges hold.  (That they are
+ * the epoch's ranges is checked when mapping: slots.c keeps the first.) */
+static int check_stubs(struct ldp_plan *p, uint32_t nglobal, char *err, size_t errlen)
+{
+    const struct ldp_plan_hdr *h = p->h;
+    if (!h->stubs_addr) {
+        if (h->nslot) BAD("plan fills %u slots but has no stub region", h->nslot);
+        return 0;
+    }
+    if (h->stubs_addr % PAGE || h->slots_addr % PAGE || h->stubs_size % PAGE || h->slots_size % PAGE ||
+        !h->stubs_size || !h->slots_size || h->stubs_size > (1u << 24) || h->slots_size > (1u << 24) ||
+        h->stubs_addr > 0x7ffffffff000ul - h->stubs_size || h->slots_addr > 0x7ffffffff000ul - h->slots_size ||
+        overlaps(h->stubs_addr, h->stubs_size, h->slots_addr, h->slots_size))
+        BAD("bad stub region %#lx+%#lx or slot table %#lx+%#lx", h->stubs_addr, h->stubs_size,
+            h->slots_addr, h->slots_size);
+    if (h->stubs_pool_off % PAGE || h->stubs_pool_off > h->pool_size || h->stubs_size > h->pool_size - h->stubs_pool_off)
+        BAD("stub region outside the pool");
+    for (uint32_t i = 0; i < h->nobj; i++)
+        if (overlaps(p->obj[i].map_start, p->obj[i].map_end - p->obj[i].map_start, h->stubs_addr, h->stubs_size) ||
+            overlaps(p->obj[i].map_start, p->obj[i].map_end - p->obj[i].map_start, h->slots_addr, h->slots_size))
+            BAD("%s: range overlaps the stub region or slot table", ldp_str(p, p->obj[i].path));
+    if (!table_ok(p->len, h->off_slot, h->nslot, sizeof(struct ldp_slot))) BAD("plan slot table out of bounds");
+    p->slot = (const void *)(p->buf + h->off_slot);
+    uint64_t nstub = h->stubs_size / 8 < h->slots_size / 8 ? h->stubs_size / 8 : h->slots_size / 8;
+    for (uint32_t i = 0; i < h->nslot; i++) {
+        const struct ldp_slot *s = &p->slot[i];
+        if (s->index >= nstub || s->import >= h->nimport || s->obj >= nglobal)
+            BAD("slot record %u (slot %u, import %u, object %u) out of range", i, s->index, s->import, s->obj);
+    }
+    return 0;
+}
+
 int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t pool_size,
                    char *err, size_t errlen)
 {
@@ -182,5 +221,5 @@ int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t poo
         for (uint32_t k = o->fix_first; k < o->fix_first + o->fix_count; k++)
             if (check_fix(p, o, &p->fix[k], nglobal, err, errlen) < 0) return -1;
     }
-    return 0;
+    return check_stubs(p, nglobal, err, errlen);
 }

@@ -1,0 +1,152 @@
+"""The epoch's glibc stubs and the per-process slot table (loader/stubs.py,
+_native/launcher/slots.c): pointer identity of glibc functions as pooled
+code sees them, GOT pages without per-process words, one slot per
+function for the whole plan, the registry across a broker restart, and the
+slot table's memory in a real process."""
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+from launcher_helpers import TIMEOUT, env, same  # noqa: F401  (env is a fixture)
+from loader import planformat as pf
+from loader import resolve
+from loader.localpool import LocalPool
+from loader.plan import build_plan
+from loader.stubs import CAPACITY, StubRegion
+
+LIB = textwrap.dedent("""
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <string.h>
+    /* function addresses of glibc in RELRO (R_X86_64_64) and through the
+     * GOT (GLOB_DAT): the same in every process once they are stubs */
+    void *(*const lib_table[])(size_t) = {malloc};
+    void *lib_free(void) { return (void *)&free; }
+    void *lib_puts(void) { return (void *)&puts; }
+    size_t lib_len(const char *s) { return strlen(s); }
+    void lib_say(const char *s) { puts(s); }
+""")
+
+MAIN = textwrap.dedent("""
+    #define _GNU_SOURCE
+    #include <dlfcn.h>
+    #include <stdio.h>
+    #include <stdlib.h>
+    extern void *(*const lib_table[1])(size_t);
+    void *lib_free(void), *lib_puts(void);
+    unsigned long lib_len(const char *);
+    void lib_say(const char *);
+    int main(void)
+    {
+        void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+        lib_say("stubbed call");
+        printf("dlsym(RTLD_DEFAULT, puts) == &puts: %d\\n", dlsym(RTLD_DEFAULT, "puts") == (void *)&puts);
+        printf("dlsym(RTLD_DEFAULT, free) == &free: %d\\n", dlsym(RTLD_DEFAULT, "free") == (void *)&free);
+        printf("dlvsym(free, GLIBC_2.2.5) == &free: %d\\n",
+               dlvsym(RTLD_DEFAULT, "free", "GLIBC_2.2.5") == (void *)&free);
+        printf("dlsym(libc, puts) == &puts: %d\\n", libc && dlsym(libc, "puts") == (void *)&puts);
+        printf("lib's &free == exe's &free: %d\\n", lib_free() == (void *)&free);
+        printf("lib's &puts == exe's &puts: %d\\n", lib_puts() == (void *)&puts);
+        printf("lib's table[0] == &malloc: %d\\n", lib_table[0] == malloc);
+        void *p = lib_table[0](100);
+        free(p);
+        printf("strlen through a stub: %lu\\n", lib_len("four"));
+        return 0;
+    }
+""")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    d = tmp_path_factory.mktemp("slots")
+    (d / "id.c").write_text(LIB)
+    (d / "main.c").write_text(MAIN)
+    cc = lambda *a: subprocess.run(["gcc", "-O2", *a], check=True, cwd=d)
+    cc("-fPIC", "-shared", "-Wl,-z,relro,-z,now", "-o", "libid.so", "id.c")
+    cc("-o", "main", "main.c", "-L.", "-lid", "-Wl,-rpath,$ORIGIN", "-ldl")
+    return d
+
+
+def test_pointer_identity_as_natively(env, built):
+    """Pooled code's &free, &puts and table entries are stubs: equal across
+    pooled objects and to what dlsym/dlvsym give pooled code, as natively."""
+    r = same([str(built / "main")], env)
+    assert r.stdout.count(b": 1\n") == 7, r.stdout
+    assert b"stubbed call\n" in r.stdout and b"strlen through a stub: 4\n" in r.stdout
+
+
+def test_function_pointers_need_no_fixup(built):
+    """A library whose only references to glibc are function addresses
+    gets no per-process fixup: its RELRO and GOT stay shared."""
+    res = resolve.resolve_program(str(built / "main"), env={})
+    with LocalPool() as pool:
+        blob, counts = build_plan(res, pool, with_stats=True)
+        p = pf.unpack(blob)
+        k = next(i for i, o in enumerate(p.objects) if p.string(o["path"]).endswith("libid.so"))
+        fs = counts[k]
+        assert fs.counts["stub"] >= 5, dict(fs.counts)         # GLOB_DAT (weak too), R_64, JUMP_SLOT
+        assert not [f for f in fs.fixes if f[1] != pf.FIX_ABS64], fs.fixes
+        # one slot per function for the whole plan, numbered from 0 in the
+        # pool's registry, filled from the plan's imports
+        names = [(p.string(p.imports[imp][0]), k) for k, imp, _g, _f in p.slots]
+        assert len({n for n, _ in names}) == len(names)
+        assert {"free", "puts", "malloc", "strlen"} <= {n for n, _ in names}
+        h = p.hdr
+        assert h["stubs_addr"] == pool.stubs.addr and h["slots_addr"] == pool.stubs.slots_addr
+        assert all(k < len(pool.stubs.names) for _n, k in names)
+
+
+def test_registry_is_first_seen_and_bounded():
+    s = StubRegion(0x3100_0000_0000, 0, capacity=3)
+    assert [s.index("malloc", "GLIBC_2.2.5"), s.index("free", "GLIBC_2.2.5"),
+            s.index("malloc", "GLIBC_2.2.5"), s.index("malloc", None)] == [0, 1, 0, 2]
+    assert s.index("puts", "GLIBC_2.2.5") is None          # full: the caller keeps a fixup
+    again = StubRegion.from_json(json.loads(json.dumps(s.to_json())))
+    assert again.names == s.names and again.index("free", "GLIBC_2.2.5") == 1
+    assert s.content() == again.content() and len(s.content()) == s.size
+    big = StubRegion(0x3100_0000_0000, 0)
+    assert big.capacity == CAPACITY and big.slots_addr - big.addr == big.size + 4096
+
+
+def _broker_pool(env):
+    r = subprocess.run(["ldpool", "pool", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _private_kb(pid, lo, hi):
+    kb, cur = 0, None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                a, b = (int(x, 16) for x in head[0].split("-"))
+                cur = lo <= a and b <= hi
+            elif cur and head[0] == "Private_Dirty:":
+                kb += int(head[1])
+    return kb
+
+
+def test_slot_table_memory_of_python(env):
+    """python3 with ssl, sqlite3 and ctypes imported (eleven pooled objects)
+    dirties only a few pages of the slot table: not one per object."""
+    code = "import ssl, sqlite3, ctypes, sys; print('ready', flush=True); sys.stdin.read()"
+    proc = subprocess.Popen(["ldpool-exec", "--no-fallback", "python3", "-c", code], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
+        st = _broker_pool(env)["stubs"]
+        slots = int(st["slots_addr"], 16)
+        assert st["registered"] > 100
+        kb = _private_kb(proc.pid, slots, int(st["end"], 16))
+        used_pages = -(-st["registered"] * 8 // 4096)
+        assert 0 < kb <= 4 * used_pages, kb
+        # the stub region is the pool's, mapped shared and executable
+        with open(f"/proc/{proc.pid}/maps") as f:
+            stub_maps = [ln for ln in f if ln.startswith(st["start"][2:] + "-")]
+        assert stub_maps and " r-xs " in stub_maps[0], stub_maps
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=TIMEOUT)
