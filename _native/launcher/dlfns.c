@@ -157,6 +157,7 @@ static void *search(struct ldp_rt *caller_after, struct ldp_rt *scope_of, const 
                     struct ldp_rt **found)
 {
     if (scope_of) {
+        ldp_rt_deps(scope_of);
         for (uint32_t k = 0; k < scope_of->ndeps; k++) {
             struct ldp_rt *r = ldp_objs[scope_of->deps[k]];
             if (r->state == LDP_ST_GONE) continue;
@@ -191,8 +192,7 @@ static void *do_sym(void *h, const char *name, const char *ver, void *ret)
         if (!found) h = RTLD_DEFAULT;
     }
     if (found) return a;
-    /* pooled code's own pointers to a glibc function are its stub */
-    a = ldp_slot_identity(ver ? dlvsym(h, name, ver) : dlsym(h, name));
+    a = ver ? dlvsym(h, name, ver) : dlsym(h, name);
     if (!a && r) {
         (void)dlerror();
         ldp_set_error("%s: undefined symbol: %s%s%s", r->path, name, ver ? ", version " : "", ver ? ver : "");

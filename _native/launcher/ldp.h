@@ -28,7 +28,6 @@ struct ldp_plan {
     const struct ldp_import *imp;
     const uint32_t *init, *glibc;
     const char *str;
-    const struct ldp_slot *slot; /* nslot slot records (NULL when none) */
     uint64_t *imp_addr;          /* resolved imports (fixup.c) */
     uint32_t first_index;
 };
@@ -57,8 +56,8 @@ struct ldp_rt {
     const uint32_t *gnu_hash, *sysv_hash;
     const Elf64_Versym *versym;
     const Elf64_Verdef *verdef;
-    uint32_t nsyms;
-    uint32_t *deps; uint32_t ndeps;   /* global indices of the local scope (BFS), for dlsym(handle) */
+    uint32_t nsyms;                   /* 0: not counted yet (ldp_rt_nsyms) */
+    uint32_t *deps; uint32_t ndeps;   /* global indices of the local scope (BFS), for dlsym(handle); NULL: not yet (ldp_rt_deps) */
 };
 #define LDP_RT_MAGIC 0x4c445052u
 extern struct ldp_rt **ldp_objs;
@@ -68,6 +67,8 @@ extern int ldp_adds, ldp_subs;       /* for dl_iterate_phdr */
 void ldp_objects_add(struct ldp_plan *p);
 void ldp_objects_mapped(struct ldp_plan *p);
 void ldp_rt_dyninfo(struct ldp_rt *r);
+void ldp_rt_deps(struct ldp_rt *r);          /* r->deps, on first need (dl* lock held) */
+uint32_t ldp_rt_nsyms(struct ldp_rt *r);     /* r->nsyms, on first need */
 struct ldp_rt *ldp_find_addr(const void *addr);
 struct ldp_rt *ldp_from_handle(void *h);
 struct ldp_rt *ldp_find_name(const char *name);
@@ -82,18 +83,6 @@ void ldp_unmap(struct ldp_rt *r);
 int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen);
 int ldp_apply_fixups(struct ldp_plan *p, char *err, size_t errlen);
 void *ldp_override(const char *name);
-
-/* ---- the epoch's glibc stubs and this process's slot table (slots.c) ---- */
-/* Map the stub region (from the pool) and the slot table on the first plan
- * that has them; a later plan must name the same ones. */
-int ldp_slots_map(struct ldp_plan *p, int poolfd, char *err, size_t errlen);
-/* Fill the plan's slots: value(p, slot record) gives each address (0 with
- * err set: fail).  The table is writable only meanwhile. */
-int ldp_slots_fill(struct ldp_plan *p, uint64_t (*value)(struct ldp_plan *, const struct ldp_slot *, char *, size_t),
-                   char *err, size_t errlen);
-/* The stub standing for glibc function address a in this process (its slot
- * holds a), else a: what pooled code's own references to it hold. */
-void *ldp_slot_identity(void *a);
 
 /* ---- TLS (tls.c) ---- */
 void ldp_tls_setup(void);

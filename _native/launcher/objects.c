@@ -35,8 +35,16 @@ void ldp_rt_dyninfo(struct ldp_rt *r)
         }
     }
     if (r->strtab && has_soname) r->soname = r->strtab + soname;
+}
+
+/* The symbol count, on first need (dladdr): the hash tables are file pages
+ * nothing else touches at start-up.  Racing callers store the same value. */
+uint32_t ldp_rt_nsyms(struct ldp_rt *r)
+{
+    uint32_t n = __atomic_load_n(&r->nsyms, __ATOMIC_RELAXED);
+    if (n) return n;
     if (r->sysv_hash) {
-        r->nsyms = r->sysv_hash[1];
+        n = r->sysv_hash[1];
     } else if (r->gnu_hash) {
         const uint32_t *g = r->gnu_hash;
         uint32_t nb = g[0], symoff = g[1], bloom = g[2];
@@ -45,11 +53,13 @@ void ldp_rt_dyninfo(struct ldp_rt *r)
         for (uint32_t i = 0; i < nb; i++) if (buckets[i] > max) max = buckets[i];
         if (max >= symoff) {
             while (!(chain[max - symoff] & 1)) max++;
-            r->nsyms = max + 1;
+            n = max + 1;
         } else {
-            r->nsyms = symoff;
+            n = symoff;
         }
     }
+    __atomic_store_n(&r->nsyms, n, __ATOMIC_RELAXED);
+    return n;
 }
 
 static int needed_matches(struct ldp_rt *r, const char *need)
@@ -60,11 +70,17 @@ static int needed_matches(struct ldp_rt *r, const char *need)
     return strcmp(r->name, need) == 0;
 }
 
-/* The local scope of r: itself, then breadth-first DT_NEEDED among pooled objects. */
-static void compute_deps(struct ldp_rt *r)
+/* The local scope of r: itself, then breadth-first DT_NEEDED among pooled
+ * objects.  Computed on the first dlsym(handle) (under the dl* lock), not at
+ * start-up: matching names reads every object's .dynstr, file pages a
+ * program that never asks would not touch. */
+void ldp_rt_deps(struct ldp_rt *r)
 {
+    if (r->deps) return;
     uint32_t *q = malloc(sizeof *q * (ldp_nobj + 1)), n = 0;
+    unsigned char *seen = calloc(ldp_nobj + 1, 1);
     q[n++] = r->index;
+    seen[r->index] = 1;
     for (uint32_t h = 0; h < n; h++) {
         struct ldp_rt *x = ldp_objs[q[h]];
         if (!x->o->l_ld || !x->strtab) continue;
@@ -73,16 +89,14 @@ static void compute_deps(struct ldp_rt *r)
             const char *need = x->strtab + d->d_un.d_val;
             for (uint32_t i = 0; i < ldp_nobj; i++) {
                 if (ldp_objs[i]->state == LDP_ST_GONE || !needed_matches(ldp_objs[i], need)) continue;
-                int seen = 0;
-                for (uint32_t k = 0; k < n; k++) if (q[k] == i) seen = 1;
-                if (!seen && n < ldp_nobj + 1) q[n++] = i;
+                if (!seen[i]) seen[i] = 1, q[n++] = i;
                 break;
             }
         }
     }
-    free(r->deps);
-    r->deps = q;
+    free(seen);
     r->ndeps = n;
+    r->deps = q;
 }
 
 void ldp_objects_add(struct ldp_plan *p)
@@ -125,7 +139,13 @@ void ldp_objects_mapped(struct ldp_plan *p)
         r->state = LDP_ST_MAPPED;
         ldp_adds++;
     }
-    for (uint32_t i = 0; i < p->h->nobj; i++) compute_deps(ldp_objs[p->first_index + i]);
+    /* a remapped object's scope is found again on need */
+    for (uint32_t i = 0; i < p->h->nobj; i++) {
+        struct ldp_rt *r = ldp_objs[p->first_index + i];
+        free(r->deps);
+        r->deps = NULL;
+        r->ndeps = 0;
+    }
 }
 
 struct ldp_rt *ldp_find_addr(const void *addr)

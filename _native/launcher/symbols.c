@@ -103,7 +103,8 @@ const Elf64_Sym *ldp_nearest(struct ldp_rt *r, uint64_t addr)
 {
     const Elf64_Sym *best = NULL;
     if (!r->symtab) return NULL;
-    for (uint32_t i = 1; i < r->nsyms; i++) {
+    uint32_t nsyms = ldp_rt_nsyms(r);
+    for (uint32_t i = 1; i < nsyms; i++) {
         const Elf64_Sym *s = &r->symtab[i];
         if (s->st_shndx == SHN_UNDEF || s->st_shndx == SHN_ABS || ELF64_ST_TYPE(s->st_info) == STT_TLS) continue;
         uint64_t v = r->o->l_addr + s->st_value;
