@@ -192,7 +192,8 @@ static void *do_sym(void *h, const char *name, const char *ver, void *ret)
         if (!found) h = RTLD_DEFAULT;
     }
     if (found) return a;
-    a = ver ? dlvsym(h, name, ver) : dlsym(h, name);
+    /* pooled code's own pointers to a glibc function are its stub */
+    a = ldp_slot_identity(ver ? dlvsym(h, name, ver) : dlsym(h, name));
     if (!a && r) {
         (void)dlerror();
         ldp_set_error("%s: undefined symbol: %s%s%s", r->path, name, ver ? ", version " : "", ver ? ver : "");

@@ -28,6 +28,7 @@ struct ldp_plan {
     const struct ldp_import *imp;
     const uint32_t *init, *glibc;
     const char *str;
+    const struct ldp_slot *slot; /* nslot slot records (NULL when none) */
     uint64_t *imp_addr;          /* resolved imports (fixup.c) */
     uint32_t first_index;
 };
@@ -83,6 +84,18 @@ void ldp_unmap(struct ldp_rt *r);
 int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen);
 int ldp_apply_fixups(struct ldp_plan *p, char *err, size_t errlen);
 void *ldp_override(const char *name);
+
+/* ---- the epoch's glibc stubs and this process's slot table (slots.c) ---- */
+/* Map the stub region (from the pool) and the slot table on the first plan
+ * that has them; a later plan must name the same ones. */
+int ldp_slots_map(struct ldp_plan *p, int poolfd, char *err, size_t errlen);
+/* Fill the plan's slots: value(p, slot record) gives each address (0 with
+ * err set: fail).  The table is writable only meanwhile. */
+int ldp_slots_fill(struct ldp_plan *p, uint64_t (*value)(struct ldp_plan *, const struct ldp_slot *, char *, size_t),
+                   char *err, size_t errlen);
+/* The stub standing for glibc function address a in this process (its slot
+ * holds a), else a: what pooled code's own references to it hold. */
+void *ldp_slot_identity(void *a);
 
 /* ---- TLS (tls.c) ---- */
 void ldp_tls_setup(void);
