@@ -88,7 +88,7 @@ class ImageStore:
     def image_bytes(self, placed):
         return self.pool.view[placed.pool_off:placed.pool_off + placed.size].toreadonly()
 
-    def place(self, obj, instance=0):
+    def place(self, obj, instance=0, host=None):
         elf = obj.elf
         key = limage.image_key(elf, instance)
         if key in self._building:
@@ -100,7 +100,7 @@ class ImageStore:
             if rec.state != "quarantined":
                 return rec.placed
             self._set_aside(rec)
-        return self._build(obj, elf, key).placed
+        return self._build(obj, elf, key, host).placed
 
     def _set_aside(self, rec):
         """A quarantined image keeps its space for the epoch (processes may
@@ -143,7 +143,7 @@ class ImageStore:
         self.stubs = region
 
     # --- building ---------------------------------------------------------
-    def _build(self, obj, elf, key):
+    def _build(self, obj, elf, key, host=None):
         self.admit(obj)
         lay = limage.layout(elf)
         try:
@@ -165,6 +165,13 @@ class ImageStore:
                 placed = self.place(d)
                 scope.append((d.elf, placed.base, False))
                 if placed.key in self.images:      # not a back edge of a cycle
+                    dep_keys.append(placed.key)
+            if host is not None and host.elf is not elf:
+                # the program dlopening it (loader/image.py): last, for
+                # what the object's own closure leaves undefined
+                placed = self.place(host)
+                scope.append((host.elf, placed.base, False))
+                if placed.key in self.images:
                     dep_keys.append(placed.key)
             out = self.pool.view[pool_off:pool_off + lay.pool_size]
             if self.text_in_pool:

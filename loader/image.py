@@ -13,10 +13,13 @@ known before anything is resolved (an allocator needs it before building).
 ImageSource protocol (implemented by host_broker over the shared pool and
 by loader.localpool over a private file):
 
-    source.place(loaded_object, instance=0) -> PlacedImage
+    source.place(loaded_object, instance=0, host=None) -> PlacedImage
         ensure the image of `loaded_object` (a resolve.LoadedObject, or
         anything with .elf and .path) exists, building first the images of
-        its canonical scope; return where it lives.  Same file content (and
+        its canonical scope; return where it lives.  `host`: the program
+        that dlopens it, appended to its canonical scope when the image is
+        built (a plugin binds to its program's symbols; another program
+        gets per-process fixups instead).  Same file content (and
         instance) => same PlacedImage for the whole life of the source; the
         key is image_key(elf, instance).  Plans ask for instance n > 0 only
         when a process holds n + 1 objects of identical content.

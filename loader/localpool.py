@@ -58,7 +58,7 @@ class LocalPool:
     def image_bytes(self, placed):
         return self.view[placed.pool_off:placed.pool_off + placed.size].toreadonly()
 
-    def place(self, obj, instance=0):
+    def place(self, obj, instance=0, host=None):
         elf = obj.elf
         key = limage.image_key(elf, instance)
         p = self._building.get(key) or self.images.get(key)
@@ -83,6 +83,8 @@ class LocalPool:
                     scope.append((d.elf, 0, True))
                 else:
                     scope.append((d.elf, self.place(d).base, False))
+            if host is not None and host.elf is not elf:
+                scope.append((host.elf, self.place(host).base, False))
             out = self.view[pool_off:pool_off + lay.pool_size]
             info = limage.build_image(elf, base, scope, out, key=key, stubs=self.stubs)
         finally:

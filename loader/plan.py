@@ -84,13 +84,17 @@ def placements(objs, source):
     Identical files loaded as distinct objects get distinct images
     (instance 1, 2...).  Use it for the keys a lease holds."""
     placed, copies = {}, {}
+    # a dlopen'ed plugin binds to its program (python's extension modules
+    # to python's C API): its image is pre-relocated with the program too
+    host = objs[0] if objs and getattr(objs[0], "kind", None) == "main" and not objs[0].is_glibc else None
     for k, o in enumerate(objs):
         if o.is_glibc:
             continue
         key = image_key(o.elf)
         n = copies.get(key, 0)
         copies[key] = n + 1
-        placed[k] = source.place(o, n) if n else source.place(o)
+        h = host if k and getattr(o, "kind", None) == "dlopen" else None
+        placed[k] = source.place(o, n, host=h) if n or h else source.place(o)
     return placed
 
 
