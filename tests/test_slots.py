@@ -4,12 +4,16 @@ code sees them, GOT pages without per-process words, one slot per
 function for the whole plan, the registry across a broker restart, and the
 slot table's memory in a real process."""
 import json
+import os
+import signal
 import subprocess
 import textwrap
 
 import pytest
 
+from broker_helpers import BrokerProc, wait_for
 from launcher_helpers import TIMEOUT, env, same  # noqa: F401  (env is a fixture)
+from loader import client as C
 from loader import planformat as pf
 from loader import resolve
 from loader.localpool import LocalPool
@@ -150,3 +154,33 @@ def test_slot_table_memory_of_python(env):
     finally:
         proc.stdin.close()
         proc.wait(timeout=TIMEOUT)
+
+
+def test_registry_survives_a_broker_restart(tmp_path):
+    """A broker killed with SIGKILL and restarted on the same pool and epoch
+    keeps the stub region where it was and every slot index it handed out
+    (pooled images and running processes use them); programs started
+    after the restart run from the same images."""
+    b = BrokerProc(tmp_path / "b").start()
+    code = ("import ctypes, sqlite3; "
+            "print(sqlite3.connect(':memory:').execute('select 6*7').fetchone()[0], ctypes.sizeof(ctypes.c_long))")
+    e = dict(os.environ, LDPOOL_SOCKET=b.socket)
+    argv = ["ldpool-exec", "--no-fallback", "python3", "-c", code]
+    try:
+        r = subprocess.run(argv, env=e, capture_output=True, timeout=TIMEOUT)
+        assert r.returncode == 0 and r.stdout == b"42 8\n", r.stderr.decode(errors="replace")[-2000:]
+        wait_for(lambda: b.stats()["totals"]["leases"] == 0, what="python's lease released")
+        before = b.stats()
+        assert before["stubs"]["registered"] > 100
+        b.kill(signal.SIGKILL)
+        b.start()
+        after = b.stats()
+        assert after["recovered"] and after["epoch"] == before["epoch"]
+        assert after["stubs"] == before["stubs"]
+        keys = {im["key"] for im in before["images"]}
+        assert keys <= {im["key"] for im in after["images"]}
+        r = subprocess.run(argv, env=e, capture_output=True, timeout=TIMEOUT)
+        assert r.returncode == 0 and r.stdout == b"42 8\n", r.stderr.decode(errors="replace")[-2000:]
+        assert b.stats()["stubs"]["registered"] == before["stubs"]["registered"]   # nothing new
+    finally:
+        b.cleanup()
