@@ -15,10 +15,17 @@ struct errstate { uint64_t marker; char *dlerr; int pending; };
 static pthread_mutex_t lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static void fork_prepare(void) { pthread_mutex_lock(&lock); }
 static void fork_done(void) { pthread_mutex_unlock(&lock); }
+/* the child's thread has another tid: it may not unlock the parent's
+ * recursive mutex (EPERM), it gets a fresh one */
+static void fork_child(void)
+{
+    pthread_mutex_t fresh = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+    memcpy(&lock, &fresh, sizeof fresh);
+}
 
 /* a fork while another thread is inside dlopen must not leave the child
  * with the lock held by a thread it does not have */
-void ldp_dl_setup(void) { pthread_atfork(fork_prepare, fork_done, fork_done); }
+void ldp_dl_setup(void) { pthread_atfork(fork_prepare, fork_done, fork_child); }
 
 #define LOCKED(type, call) do { pthread_mutex_lock(&lock); type r_ = call; pthread_mutex_unlock(&lock); return r_; } while (0)
 
