@@ -106,7 +106,8 @@ def test_gdb_sees_pooled_objects(env, tmp_path):
 
 
 def _hello_plan(tmp_path, env):
-    (tmp_path / "h.c").write_text('#include <stdio.h>\nint main(void){ puts("hi"); return 0; }\n')
+    # stdout: glibc data, so the plan has a fixup (calls go through the stubs)
+    (tmp_path / "h.c").write_text('#include <stdio.h>\nint main(void){ fputs("hi\\n", stdout); return 0; }\n')
     subprocess.run(["gcc", "-O2", "-o", "h", "h.c"], check=True, cwd=tmp_path)
     import sys
     subprocess.run([sys.executable, "-P", "-m", "loader.plan", str(tmp_path / "h"), "-o", str(tmp_path / "h.plan"),
@@ -126,6 +127,8 @@ def test_bad_plans_are_one_line_errors(env, tmp_path):
     offs = dict(zip("off_obj off_seg off_fix off_import off_init off_glibc off_str str_size".split(),
                     struct.unpack_from("<8Q", good, 48)))
     o, s, f = offs["off_obj"], offs["off_seg"], offs["off_fix"]
+    nslot, slot = struct.unpack_from("<I", good, 184)[0], struct.unpack_from("<Q", good, 192)[0]
+    assert nslot > 0
     assert hdr["nfix"] > 0 and hdr["nseg"] > 0
     muts = {
         "truncated": lambda b: b[:100],
@@ -150,6 +153,13 @@ def test_bad_plans_are_one_line_errors(env, tmp_path):
         "entry": lambda b: _put(b, o + 72, "Q", 0x1000),
         "fix_type": lambda b: _put(b, f + 8, "I", 99),
         "fix_sym": lambda b: _put(_put(b, f + 8, "I", pf.FIX_SYM64), f + 12, "I", 123456),
+        # the epoch's stub region and slot table (plan.h, loader/stubs.py)
+        "stubs_addr": lambda b: _put(b, 144, "Q", struct.unpack_from("<Q", b, 144)[0] + 8),
+        "stubs_pool_off": lambda b: _put(b, 160, "Q", 1 << 40),
+        "slots_on_object": lambda b: _put(b, 168, "Q", struct.unpack_from("<Q", b, o + 8)[0]),
+        "slot_index": lambda b: _put(b, slot, "I", 1 << 20),
+        "slot_import": lambda b: _put(b, slot + 4, "I", 123456),
+        "slot_object": lambda b: _put(b, slot + 8, "I", 123456),
     }
     for name, m in muts.items():
         bad = tmp_path / f"{name}.plan"
