@@ -220,6 +220,35 @@ def test_dlopen_on_the_fast_path_goes_through_the_broker(broker, env, tmp_path):
     assert t["dlopen_built"] + t["dlopen_cached"] == 3 and t["consistent"]
 
 
+def test_fork_then_dlopen_in_both_processes(broker, env, tmp_path):
+    """The fast path's replies are pending on the connection parent and
+    child share: they are read before fork(), so that neither waits for
+    replies the other consumed."""
+    (tmp_path / "main.c").write_text(textwrap.dedent("""
+        #include <dlfcn.h>
+        #include <stdio.h>
+        #include <unistd.h>
+        #include <sys/wait.h>
+        int main(int argc, char **argv) {
+            pid_t pid = fork();
+            if (pid == 0) {
+                printf("child %s\\n", dlopen(argv[1], RTLD_NOW) ? "ok" : dlerror());
+                return 0;
+            }
+            waitpid(pid, NULL, 0);
+            printf("parent %s\\n", dlopen(argv[2], RTLD_NOW) ? "ok" : dlerror());
+            return 0;
+        }
+    """))
+    subprocess.run(["gcc", "-o", "main", "main.c"], check=True, cwd=tmp_path)
+    e = _env(env, broker)
+    argv = [str(tmp_path / "main"), "libz.so.1", "libbz2.so.1.0"]
+    for want in ("slow", "fast"):
+        r = subprocess.run(["ldpool-exec", "--no-fallback", *argv], capture_output=True, env=e, timeout=60)
+        assert (r.returncode, r.stdout, _path(r.stderr)) == (0, b"child ok\nparent ok\n", want)
+        assert b"ld.so" not in r.stderr
+
+
 def test_pinned_image_is_not_evicted(tmp_path):
     """The broker's eviction path against a real pool, with the pin held by
     a real child process (an OFD read lock through its own open)."""

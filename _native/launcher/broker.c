@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +33,7 @@ static int replies_pending;      /* HELLO + ACQUIRE_PROGRAM sent by the fast pat
 static const void *fast_plan;    /* the plan the fast path runs on (to compare with the broker's) */
 static size_t fast_len;
 static int own_pool_fd;          /* ldp_pool_fd is our own open (it holds the pins): keep it */
+static void settle_before_fork(void);
 
 #define OP_HELLO 1
 #define OP_ACQ_PROGRAM 2
@@ -420,6 +423,8 @@ int ldp_broker_announce(const void *plan, size_t len, uint64_t plan_epoch)
         return -1;
     }
     replies_pending = 1;
+    static int atfork;
+    if (!atfork++) pthread_atfork(settle_before_fork, NULL, NULL);
     fast_plan = plan, fast_len = len;
     own_pool_fd = 1;
     epoch = plan_epoch;
@@ -442,7 +447,9 @@ void ldp_broker_forget(void)
  * very plan we run.  An error or another plan (files changed meanwhile)
  * leaves us without a lease: our pins keep our images alive, dlopen goes
  * to ld.so.  -1 only when the connection broke (reconnect). */
-static int settle(char *err, size_t errlen)
+static pthread_mutex_t settle_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int settle_locked(char *err, size_t errlen)
 {
     if (!replies_pending) return 0;
     replies_pending = 0;
@@ -460,6 +467,38 @@ static int settle(char *err, size_t errlen)
     else if (ldp_debug) ldp_note("note: the broker's plan differs from the cached one: running without a lease");
     free(r);
     return 0;
+}
+
+static int settle(char *err, size_t errlen)
+{
+    pthread_mutex_lock(&settle_lock);
+    int r = settle_locked(err, errlen);
+    pthread_mutex_unlock(&settle_lock);
+    return r;
+}
+
+/* A fork would leave both processes expecting the same pending replies on
+ * the one connection they share: read them before.  A broker that does not
+ * answer within a few seconds loses us (dlopen then goes to ld.so; the pins
+ * keep our images). */
+static void settle_before_fork(void)
+{
+    char err[256];
+    pthread_mutex_lock(&settle_lock);
+    if (replies_pending) {
+        struct pollfd pf = {.fd = ldp_broker_fd, .events = POLLIN};
+        int n;
+        while ((n = poll(&pf, 1, 5000)) < 0 && errno == EINTR) {}
+        if (n == 1) {
+            settle_locked(err, sizeof err);
+        } else {
+            if (ldp_debug) ldp_note("note: no answer from the broker before fork(): going on without it");
+            close(ldp_broker_fd);
+            ldp_broker_fd = -1;
+            replies_pending = 0;
+        }
+    }
+    pthread_mutex_unlock(&settle_lock);
 }
 
 /* After a broker restart: connect again and take our lease back (RECLAIM),
