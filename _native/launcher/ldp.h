@@ -195,26 +195,5 @@ void *ldp_fast_acquire(const char *path, const char *argv0, size_t *len, uint64_
 int ldp_fast_check_plan(const struct ldp_plan *p, const struct stat *prog, char *why, size_t whylen);
 /* Give the fast path up: pins, pool descriptor and connection dropped. */
 void ldp_fast_abandon(void);
-int ldp_socket_path(char *out, size_t n);
-int ldp_move_high(int fd);            /* to fds >= 1000, close-on-exec */
-/* the ACQUIRE_PROGRAM payload (built once; the plan cache file's key) */
-const void *ldp_broker_request(const char *path, const char *argv0, size_t *len);
-/* fast path: connect and send HELLO + ACQUIRE_PROGRAM, replies read lazily;
- * -1 when no broker answers */
-int ldp_broker_announce(const void *plan, size_t len, uint64_t epoch);
-void ldp_broker_forget(void);
-
-/* ---- start-up from a plan cache file, no broker round trip (fastpath.c) ---- */
-struct stat;
-/* The cached plan for this request with its images pinned and the pool
- * open (ldp_pool_fd), the broker told; NULL (why in `why`) to take the
- * slow path. */
-void *ldp_fast_acquire(const char *path, const char *argv0, size_t *len, uint64_t *pool_size,
-                       char *why, size_t whylen);
-/* After ldp_plan_check: what the cache file cannot vouch for (files of
- * objects mapped wholly from the pool, the program's identity). */
-int ldp_fast_check_plan(const struct ldp_plan *p, const struct stat *prog, char *why, size_t whylen);
-/* Give the fast path up: pins, pool descriptor and connection dropped. */
-void ldp_fast_abandon(void);
 
 #endif
