@@ -248,7 +248,13 @@ int ldp_dladdr(const void *addr, Dl_info *info) { return ldp_dladdr1(addr, info,
 int ldp_dladdr1(const void *addr, Dl_info *info, void **extra, int flags)
 {
     struct ldp_rt *r = ldp_find_addr(addr);
-    if (!r) return extra ? dladdr1(addr, info, extra, flags) : dladdr(addr, info);
+    if (!r) {
+        /* a glibc function's stub: what glibc knows of the function */
+        const void *t = ldp_slot_target(addr);
+        int rc = extra ? dladdr1(t, info, extra, flags) : dladdr(t, info);
+        if (rc && t != addr && info->dli_saddr == t) info->dli_saddr = (void *)addr;
+        return rc;
+    }
     const Elf64_Sym *s = ldp_nearest(r, (uint64_t)addr);
     info->dli_fname = (r->o->flags & LDP_OBJ_MAIN) ? (ldp_argv ? ldp_argv[0] : r->path) : r->path;
     info->dli_fbase = (void *)r->o->map_start;

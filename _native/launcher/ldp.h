@@ -96,6 +96,8 @@ int ldp_slots_fill(struct ldp_plan *p, uint64_t (*value)(struct ldp_plan *, cons
 /* The stub standing for glibc function address a in this process (its slot
  * holds a), else a: what pooled code's own references to it hold. */
 void *ldp_slot_identity(void *a);
+/* The function stub `a` jumps to in this process, else a (dladdr). */
+const void *ldp_slot_target(const void *a);
 
 /* ---- TLS (tls.c) ---- */
 void ldp_tls_setup(void);

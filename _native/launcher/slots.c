@@ -107,3 +107,13 @@ void *ldp_slot_identity(void *a)
         if (tab[filled[i]] == (uint64_t)a) return (void *)(stubs_at + 8ull * filled[i]);
     return a;
 }
+
+const void *ldp_slot_target(const void *a)
+{
+    uint64_t x = (uint64_t)a;
+    if (!stubs_at || x < stubs_at || x >= stubs_at + stubs_len || (x - stubs_at) % 8) return a;
+    uint64_t k = (x - stubs_at) / 8;
+    if (k >= slots_len / 8) return a;
+    uint64_t v = ((const uint64_t *)slots_at)[k];
+    return v ? (const void *)v : a;
+}
