@@ -191,3 +191,46 @@ def test_registry_survives_a_broker_restart(tmp_path):
         assert b.stats()["stubs"]["registered"] == before["stubs"]["registered"]   # nothing new
     finally:
         b.cleanup()
+
+
+def test_dlopen_fills_more_slots(env, tmp_path):
+    """A dlopen'ed library's first use of a glibc function fills a new slot
+    of the same table (made writable meanwhile): its calls work and its
+    pointer is what dlsym gives, as natively."""
+    (tmp_path / "plug.c").write_text(textwrap.dedent("""
+        #include <stdlib.h>
+        #include <string.h>
+        static int cmp(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+        void *plug_qsort(void) { return (void *)&qsort; }
+        int plug_sorted(void)
+        {
+            int v[] = {3, 1, 2};
+            char buf[] = "x,y", *save, *t = strtok_r(buf, ",", &save);
+            qsort(v, 3, sizeof v[0], cmp);
+            return v[0] * 100 + v[1] * 10 + v[2] + (t && !strcmp(t, "x")) * 1000;
+        }
+    """))
+    (tmp_path / "main.c").write_text(textwrap.dedent("""
+        #include <dlfcn.h>
+        #include <stdio.h>
+        int main(int argc, char **argv)
+        {
+            void *h = dlopen("./libplug.so", RTLD_NOW);
+            if (!h) { printf("dlopen: %s\\n", dlerror()); return 1; }
+            void *(*q)(void) = (void *(*)(void))dlsym(h, "plug_qsort");
+            int (*s)(void) = (int (*)(void))dlsym(h, "plug_sorted");
+            printf("sorted %d\\n", s());
+            printf("plugin's &qsort == dlsym(qsort): %d\\n", q() == dlsym(RTLD_DEFAULT, "qsort"));
+            if (argc > 1)   /* pooled: the plugin's &qsort is the epoch's stub, in the broker's window */
+                printf("stub in the window: %d\\n", (unsigned long)q() >> 44 == 2);
+            return 0;
+        }
+    """))
+    cc = lambda *a: subprocess.run(["gcc", "-O2", *a], check=True, cwd=tmp_path)
+    cc("-fPIC", "-shared", "-o", "libplug.so", "plug.c")
+    cc("-o", "main", "main.c", "-ldl")
+    r = same([str(tmp_path / "main")], env, cwd=tmp_path)
+    assert r.stdout == b"sorted 1123\nplugin's &qsort == dlsym(qsort): 1\n", r.stdout
+    r = subprocess.run(["ldpool-exec", "--no-fallback", str(tmp_path / "main"), "x"], env=env, cwd=tmp_path,
+                       capture_output=True, timeout=TIMEOUT)
+    assert r.stdout.endswith(b"stub in the window: 1\n"), (r.stdout, r.stderr)
