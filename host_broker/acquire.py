@@ -135,11 +135,14 @@ class Acquirer:
     # --- dlopen -----------------------------------------------------------
     # A lease's context: params (the program request), base (how many of its
     # objects are replayed by file: those it had when reclaimed), history
-    # (the dlopen requests granted since), and a resolution "res" valid for
-    # the first "n" objects of the lease (None: rebuild it by replaying).
+    # (the dlopen requests granted and the dlcloses since, in order), and a
+    # resolution "res" valid for the first "n" objects of the lease (None:
+    # rebuild it by replaying) with "gidx", per object of res, its global
+    # index in the lease (None for glibc's family, which the lease does not
+    # count).  dlclose leaves holes in the global index space.
     @staticmethod
     def lease_context(params, base=0):
-        return {"params": params, "base": base, "history": [], "res": None, "n": None}
+        return {"params": params, "base": base, "history": [], "res": None, "n": None, "gidx": None}
 
     def cached_library(self, lease, req):
         """The cached dlopen acquisition for this lease's object set and
@@ -161,7 +164,22 @@ class Acquirer:
     def note_dlopen(self, lease, req):
         """The lease now holds what the request brought: replayable."""
         if lease.context is not None:
-            lease.context["history"].append((req.text("name"), req.text("requester", "")))
+            lease.context["history"].append(("open", req.text("name"), req.text("requester", "")))
+
+    def note_dlclose(self, lease, indices):
+        """RELEASE object=: the client unloaded these objects (global
+        indices).  The lease's resolution forgets them, so that a later
+        dlopen of the same library loads it again, as glibc does after the
+        last dlclose."""
+        ctx = lease.context
+        if ctx is None or not indices:
+            return
+        drop = frozenset(indices)
+        ctx["history"].append(("close", drop))
+        if ctx["res"] is not None and ctx["n"] == len(lease.keys):
+            _forget(ctx["res"], ctx["gidx"], drop)
+        else:
+            ctx["res"] = None
 
     def library(self, lease, req):
         """Build the acquisition of a dlopen (worker thread); cached for
@@ -179,12 +197,16 @@ class Acquirer:
                               "dlopen through it is not supported")
         res = self._resolution(lease)
         ctx["n"] = None                 # res changes below; valid again once granted
+        gidx = ctx["gidx"]
+        old_index = [g for g in gidx if g is not None]
         req_obj = _find_requester(res, requester)
         new = resolve.resolve_dlopen(res, name, req_obj)
         pooled = [o for o in new if not o.is_glibc]
         if self.public_only:
             check_public(pooled)
-        blob = plan.build_dlopen_plan(res, new, self.store, first_index=first)
+        blob = plan.build_dlopen_plan(res, new, self.store, first_index=first, old_index=old_index)
+        nxt = iter(range(first, first + len(pooled)))
+        gidx.extend(None if o.is_glibc else next(nxt) for o in new)
         placed = plan.placements(res.objects, self.store)
         pos = {id(o): k for k, o in enumerate(res.objects)}
         keys = [placed[pos[id(o)]].key for o in pooled]
@@ -214,19 +236,61 @@ class Acquirer:
         if res.missing:
             raise unusable
         n0 = sum(not o.is_glibc for o in res.objects)
-        for k in lease.keys[n0:ctx["base"]]:
-            rec = self.store.images.get(k) if k is not None else None
+        gidx = []
+
+        def number(objs, indices):
+            for o in objs:
+                gidx.append(None if o.is_glibc else next(indices, -1))
+
+        number(res.objects, iter(range(n0)))
+        # a reclaimed lease's dlopened objects, by file (holes: dlclosed before)
+        held = iter([i for i in range(n0, ctx["base"]) if lease.keys[i] is not None])
+        for i in range(n0, ctx["base"]):
+            k = lease.keys[i]
+            if k is None or i in gidx:
+                continue
+            rec = self.store.images.get(k)
             if rec is None:
                 raise unusable
-            resolve.resolve_dlopen(res, rec.path, None)
-        for name, requester in ctx["history"]:
-            resolve.resolve_dlopen(res, name, _find_requester(res, requester))
-        keys = [p.key for p in plan.placements(res.objects, self.store).values()]
-        if len(keys) != len(lease.keys) or any(a is not None and a != b
-                                               for a, b in zip(lease.keys, keys)):
+            number(resolve.resolve_dlopen(res, rec.path, None), held)
+        nxt = max(n0, ctx["base"])
+        for event in ctx["history"]:
+            if event[0] == "close":
+                _forget(res, gidx, event[1])
+                continue
+            new = resolve.resolve_dlopen(res, event[1], _find_requester(res, event[2]))
+            count = sum(not o.is_glibc for o in new)
+            number(new, iter(range(nxt, nxt + count)))
+            nxt += count
+        placed = plan.placements(res.objects, self.store)
+        got = {gidx[k]: p.key for k, p in placed.items()}
+        want = {i: k for i, k in enumerate(lease.keys) if k is not None}
+        if nxt != len(lease.keys) or got != want:
             raise unusable
-        ctx["res"], ctx["n"] = res, len(lease.keys)
+        ctx["res"], ctx["n"], ctx["gidx"] = res, len(lease.keys), gidx
         return res
+
+
+def _forget(res, gidx, drop):
+    """Take the objects of global indices `drop` out of a lease's resolution
+    (res.objects, gidx and the loader's namespace), as glibc's dlclose takes
+    them out of the namespace: names match them no more."""
+    keep = [k for k, g in enumerate(gidx) if g is None or g not in drop]
+    if len(keep) == len(gidx):
+        return
+    gone = {id(res.objects[k]) for k in range(len(gidx)) if gidx[k] is not None and gidx[k] in drop}
+    res.objects[:] = [res.objects[k] for k in keep]
+    gidx[:] = [gidx[k] for k in keep]
+    for i, o in enumerate(res.objects):
+        o.index = i
+    loader = res.state
+    loader.chain[:] = [o for o in loader.chain if id(o) not in gone]
+    for i, o in enumerate(loader.chain):
+        o.seq = i
+    loader.searchlist[:] = [o for o in loader.searchlist if id(o) not in gone]
+    loader.by_name, loader.by_soname, loader.by_file = {}, {}, {}
+    for o in loader.chain:
+        loader._index(o)
 
 
 def check_public(objs):

@@ -330,6 +330,7 @@ class Broker:
             except ValueError:
                 raise P.ProtocolError("object= must be a decimal object index") from None
             self.state.refs.drop_objects(lease, idx)
+            self.acquirer.note_dlclose(lease, idx)
         else:
             self.state.refs.release(lease.id)
         return b""

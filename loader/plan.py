@@ -98,15 +98,16 @@ def placements(objs, source):
     return placed
 
 
-def _placements(objs, source, first_index, planned):
+def _placements(objs, source, first_index, planned, old_index=None):
     """Scope entries of every object, placements of the pooled ones and
-    their global indices (load order among pooled objects; the `planned`
+    their global indices (load order among pooled objects, or `old_index`
+    for the ones loaded before, where dlclose left holes; the `planned`
     ones numbered from first_index)."""
     placed = placements(objs, source)
     entries = [(o.elf, 0, True) if o.is_glibc else (o.elf, placed[k].base, False)
                for k, o in enumerate(objs)]
     old = [k for k in placed if k not in planned]
-    gindex = {k: i for i, k in enumerate(old)}
+    gindex = {k: i for i, k in enumerate(old)} if old_index is None else dict(zip(old, old_index))
     for i, k in enumerate(k for k in sorted(planned) if k in placed):
         gindex[k] = first_index + i
     return entries, placed, gindex
@@ -156,7 +157,7 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
 
 
 def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, lease=0,
-                      with_stats=False, text_in_pool=None):
+                      with_stats=False, text_in_pool=None, old_index=None):
     """The plan of a dlopen: `new` are the objects resolve_dlopen added to
     `resolution` (already appended to resolution.objects), the root first.
     They are relocated as glibc does: global scope (the objects loaded
@@ -171,7 +172,7 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
                          bind_now, lease, with_stats, text_in_pool=text_in_pool)
     pos = {id(o): k for k, o in enumerate(objs)}
     planned = {pos[id(o)] for o in new}
-    entries, placed, gindex = _placements(objs, source, first_index, planned)
+    entries, placed, gindex = _placements(objs, source, first_index, planned, old_index)
     root = new[0]
     local, seen = [], set()
     queue = [root]

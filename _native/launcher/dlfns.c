@@ -85,6 +85,7 @@ static void *dlopen_locked(const char *file, int mode, void *caller)
     if (r) {
         r->refcount++;
         if (mode & RTLD_GLOBAL) r->global = 1;
+        if (mode & RTLD_NODELETE) r->nodelete = 1;
         return r;
     }
     if (mode & RTLD_NOLOAD) return dlopen(file, mode);
@@ -112,8 +113,9 @@ static void *dlopen_locked(const char *file, int mode, void *caller)
         return NULL;
     }
     if (p->h->nobj == 0) {
-        /* the lease already holds it: loaded, or dlclose()d by us earlier
-         * (we keep the broker's references, so the old plan is still valid) */
+        /* the lease already holds it: loaded under another name, or
+         * dlclose()d while no broker heard of it (a reclaimed lease names
+         * every object it ever had): the old plan is still valid */
         free(p);
         r = ldp_find_name(file);
         if (r) {
@@ -148,13 +150,17 @@ static void *open_plan(struct ldp_plan *p, int mode)
     }
     ldp_protect_plan(p);
     struct ldp_rt *root = ldp_objs[p->first_index];
+    /* refcount is glibc's l_direct_opencount: dependencies stay loaded
+     * through the objects that need them, not through a count */
     for (uint32_t i = 0; i < p->h->nobj; i++) {
         struct ldp_rt *r = ldp_objs[p->first_index + i];
         r->dlopened = 1;
         r->global = (mode & RTLD_GLOBAL) != 0;
-        r->refcount = r == root ? 0 : 1;
+        r->refcount = 0;
+        r->nodelete = (r->o->flags & LDP_OBJ_NODELETE) != 0;
     }
     root->refcount = 1;
+    if (mode & RTLD_NODELETE) root->nodelete = 1;
     ldp_gdb_sync();
     ldp_run_inits(p, ldp_argc, ldp_argv, environ);
     return root;
@@ -215,30 +221,74 @@ void *ldp_dlvsym(void *h, const char *name, const char *version)
     LOCKED(void *, do_sym(h, name, version, __builtin_return_address(0)));
 }
 
+/* What glibc's _dl_close_worker keeps: objects of the program's start,
+ * objects with an open handle or NODELETE, and everything those need. */
+static uint8_t *still_used(uint32_t nobj)
+{
+    uint8_t *used = calloc(nobj ? nobj : 1, 1);
+    for (uint32_t i = 0; i < nobj; i++) {
+        struct ldp_rt *x = ldp_objs[i];
+        if (!x || x->state < LDP_ST_MAPPED || x->state == LDP_ST_GONE) continue;
+        /* start-up objects need only start-up objects: no scope to walk */
+        if (!x->dlopened) used[i] = 1;
+        if (!x->dlopened || (x->refcount == 0 && !x->nodelete)) continue;
+        ldp_rt_deps(x);
+        for (uint32_t k = 0; k < x->ndeps; k++)
+            if (x->deps[k] < nobj) used[x->deps[k]] = 1;   /* deps: the whole closure */
+    }
+    return used;
+}
+
+/* The broker drops the unloaded objects from the lease (its counts fall,
+ * and a later dlopen of the same library plans it again). */
+static void release_to_broker(const uint8_t *gone, uint32_t nobj)
+{
+    for (uint32_t i = 0; i < nobj;) {
+        if (!gone[i]) { i++; continue; }
+        uint32_t j = i;
+        while (j < nobj && gone[j] && ldp_objs[j]->plan->h->lease == ldp_objs[i]->plan->h->lease) j++;
+        ldp_broker_release(ldp_objs[i]->plan->h->lease, i, j - i);
+        i = j;
+    }
+}
+
 static int dlclose_locked(void *h)
 {
     struct ldp_rt *r = ldp_from_handle(h);
     clear_error();
     if (!r) return dlclose(h);
-    if (r->refcount > 0) r->refcount--;
-    if (r->refcount > 0 || !r->dlopened || (r->o->flags & LDP_OBJ_NODELETE)) return 0;
-    /* Unload the plan this object came with, unless one of its objects is
-     * still used through another handle.  The broker keeps the lease's
-     * references: a later dlopen of the same name gets an empty plan and
-     * maps this one again. */
-    struct ldp_plan *p = r->plan;
-    for (uint32_t i = 0; i < p->h->nobj; i++) {
-        struct ldp_rt *x = ldp_objs[p->first_index + i];
-        if (x != r && x->refcount > 1) return 0;
+    if (r->state == LDP_ST_GONE || (r->dlopened && r->refcount <= 0)) {
+        ldp_set_error("shared object not open");
+        return -1;
     }
-    for (uint32_t i = p->h->ninit; i-- > 0;) ldp_run_finis_obj(ldp_objs[p->init[i]]);
-    for (uint32_t i = 0; i < p->h->nobj; i++) {
-        struct ldp_rt *x = ldp_objs[p->first_index + i];
-        ldp_run_finis_obj(x);
+    if (r->refcount > 0) r->refcount--;
+    if (r->refcount > 0 || !r->dlopened || r->nodelete) return 0;
+    uint32_t nobj = ldp_nobj;    /* finalisers may dlopen: newer objects are not ours */
+    uint8_t *used = still_used(nobj), *gone = calloc(nobj ? nobj : 1, 1);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < nobj; i++) {
+        struct ldp_rt *x = ldp_objs[i];
+        if (x && x->dlopened && !used[i] && x->state >= LDP_ST_MAPPED && x->state != LDP_ST_GONE) gone[i] = 1, n++;
+    }
+    free(used);
+    /* finalisers in the order _dl_close_worker runs them: its sorted
+     * namespace, filtered (finiorder.c) */
+    uint32_t *order = malloc(sizeof *order * (nobj ? nobj : 1));
+    uint32_t norder = n && order ? ldp_fini_order(nobj, order) : 0;
+    for (uint32_t k = 0; k < norder; k++)
+        if (gone[order[k]]) ldp_run_finis_obj(ldp_objs[order[k]]);
+    free(order);
+    /* a finaliser may have dlopened or dlclosed: only what is still ours */
+    for (uint32_t i = 0; i < nobj; i++) {
+        struct ldp_rt *x = ldp_objs[i];
+        if (!gone[i]) continue;
+        if (x->state == LDP_ST_GONE) { gone[i] = 0; continue; }
         ldp_unmap(x);
         x->state = LDP_ST_GONE;
         ldp_subs++;
     }
+    release_to_broker(gone, nobj);
+    free(gone);
     ldp_gdb_sync();
     return 0;
 }

@@ -48,6 +48,7 @@ struct ldp_rt {
     struct ldp_plan *plan;
     uint32_t index;              /* global index */
     int state, refcount, dlopened, global;
+    int nodelete;                /* DF_1_NODELETE or RTLD_NODELETE: dlclose keeps it */
     const char *name, *path, *soname;
     uint64_t dev, ino;           /* of path, on first need (ino 0: not yet / unknown) */
     int statted;
@@ -111,6 +112,9 @@ void *ldp_tls_errslot(void);         /* per-thread launcher state (dlerror) */
 /* ---- init/fini and program start (start.c) ---- */
 void ldp_run_inits(struct ldp_plan *p, int argc, char **argv, char **envp);
 void ldp_run_finis_obj(struct ldp_rt *r);
+/* the live objects among the first nobj in glibc's finaliser order, or 0
+ * when the reverse init order is that order (no dlopen'ed object) (finiorder.c) */
+uint32_t ldp_fini_order(uint32_t nobj, uint32_t *out);
 int ldp_libc_start_main(int (*main)(int, char **, char **), int argc, char **argv,
                         void (*init)(int, char **, char **), void (*fini)(void),
                         void (*rtld_fini)(void), void *stack_end);

@@ -63,7 +63,13 @@ void ldp_run_finis_obj(struct ldp_rt *r)
 static void fini_all(void *unused)
 {
     (void)unused;
-    for (uint32_t k = nseq; k-- > 0;) ldp_run_finis_obj(ldp_objs[seq[k]]);
+    /* glibc's _dl_fini order, which differs from the reverse of `seq`
+     * once dlopen'ed objects are still loaded (finiorder.c) */
+    uint32_t nobj = ldp_nobj, *order = malloc(sizeof *order * (nobj ? nobj : 1));
+    uint32_t n = order ? ldp_fini_order(nobj, order) : 0;
+    for (uint32_t k = 0; k < n; k++) ldp_run_finis_obj(ldp_objs[order[k]]);
+    free(order);
+    for (uint32_t k = nseq; k-- > 0;) ldp_run_finis_obj(ldp_objs[seq[k]]);   /* anything left */
 }
 
 int ldp_libc_start_main(int (*main)(int, char **, char **), int argc, char **argv,

@@ -1,0 +1,166 @@
+"""dlclose as glibc's: destructors run when the last handle goes (and the
+dependencies' when nothing else needs them), NODELETE objects and objects
+still needed stay, the broker drops unloaded objects from the lease (its
+counts fall, seen through `ldpool pool --json`), and a later dlopen loads
+the library again and runs its constructors again.  The program's output
+is compared with a native run."""
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+from broker_helpers import BrokerProc
+from launcher_helpers import TIMEOUT, env  # noqa: F401  (env is a fixture)
+
+LIB = r"""
+#include <stdio.h>
+%(needs)s
+static int calls;
+__attribute__((constructor)) static void up(void) { printf("ctor %(name)s\n"); }
+__attribute__((destructor)) static void down(void) { printf("dtor %(name)s\n"); }
+int %(name)s_call(void) { %(call)s return ++calls; }
+"""
+
+MAIN = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+static void stage(const char *name) {
+    char line[16];
+    printf("STAGE %s\n", name);
+    fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) printf("no go-ahead\n");
+}
+static void *open_(const char *name, int mode) {
+    void *h = dlopen(name, mode);
+    printf("dlopen %s: %s\n", name, h ? "ok" : dlerror());
+    return h;
+}
+static void call(void *h, const char *sym) {
+    int (*f)(void) = (int (*)(void))dlsym(h, sym);
+    printf("%s -> %d\n", sym, f ? f() : -1);
+}
+static void close_(void *h, const char *what) {
+    printf("dlclose %s\n", what);
+    int r = dlclose(h);
+    printf("  = %d\n", r);
+}
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    void *p = open_("libplug.so", RTLD_NOW);
+    call(p, "plug_call");
+    call(p, "plug_call");
+    stage("open");
+    /* a second handle: the first dlclose runs no destructor */
+    void *p2 = open_("libplug.so", RTLD_LAZY);
+    close_(p2, "second handle");
+    call(p, "plug_call");
+    /* a dependency opened on its own outlives the plugin's dlclose */
+    void *d = open_("libdep.so", RTLD_NOW | RTLD_NOLOAD);
+    close_(p, "plug");
+    call(d, "dep_call");
+    close_(d, "dep");
+    stage("closed");
+    /* loaded again: constructors again, fresh state */
+    p = open_("libplug.so", RTLD_NOW);
+    call(p, "plug_call");
+    stage("reopened");
+    /* two plugins share a dependency: it goes with the last of them */
+    void *a = open_("liba.so", RTLD_NOW), *b = open_("libb.so", RTLD_NOW);
+    call(a, "a_call");
+    call(b, "b_call");
+    close_(a, "a");
+    call(b, "b_call");
+    close_(b, "b");
+    /* NODELETE: dlclose keeps it, with its state; its destructor runs at exit */
+    void *n = open_("libnd.so", RTLD_NOW);
+    call(n, "nd_call");
+    close_(n, "nodelete");
+    n = open_("libnd.so", RTLD_NOW);
+    call(n, "nd_call");
+    close_(n, "nodelete again");
+    /* RTLD_NODELETE on the dlopen does the same */
+    void *r = open_("libr.so", RTLD_NOW | RTLD_NODELETE);
+    call(r, "r_call");
+    close_(r, "RTLD_NODELETE");
+    r = open_("libr.so", RTLD_NOW | RTLD_NOLOAD);
+    call(r, "r_call");
+    printf("main returns\n");
+    return 0;
+}
+"""
+
+
+def _build(d):
+    libs = {
+        "dep": ("", ""),
+        "plug": ("int dep_call(void);", "dep_call();"),
+        "shared": ("", ""),
+        "a": ("int shared_call(void);", "shared_call();"),
+        "b": ("int shared_call(void);", "shared_call();"),
+        "nd": ("", ""),
+        "r": ("", ""),
+    }
+    links = {"plug": ["-L.", "-ldep"], "a": ["-L.", "-lshared"], "b": ["-L.", "-lshared"], "nd": ["-Wl,-z,nodelete"]}
+    for name, (needs, call) in libs.items():
+        (d / f"{name}.c").write_text(LIB % {"name": name, "needs": needs, "call": call})
+        subprocess.run(["gcc", "-O1", "-fPIC", "-shared", "-o", f"lib{name}.so", f"{name}.c",
+                        "-Wl,-rpath,$ORIGIN", *links.get(name, [])], check=True, cwd=d)
+    (d / "main.c").write_text(MAIN)
+    subprocess.run(["gcc", "-O1", "-o", "main", "main.c", "-Wl,-rpath,$ORIGIN"], check=True, cwd=d)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = BrokerProc(tmp_path / "broker").start()
+    yield b
+    b.cleanup()
+
+
+def _refs(broker, d, names):
+    out = subprocess.run(["ldpool", "pool", "--socket", broker.socket, "--json"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    st = json.loads(out)
+    assert st["totals"].get("consistent", True), st["totals"]
+    images = {im["path"]: im for im in st["images"]}
+    return {n: images[str(d / f"lib{n}.so")]["refs"] if str(d / f"lib{n}.so") in images else None
+            for n in names}
+
+
+def test_dlclose_cycle_matches_glibc(env, tmp_path, broker):
+    d = tmp_path / "w"
+    d.mkdir()
+    _build(d)
+    nat = subprocess.run(["./main"], input=b"\n" * 8, capture_output=True, env=env, cwd=d, timeout=TIMEOUT)
+    assert nat.returncode == 0, nat.stderr
+    expect = nat.stdout.decode()
+    # the native run is what glibc does: check the test exercises it
+    assert expect.count("ctor plug") == 2 and expect.count("dtor plug") == 2
+    assert expect.index("dtor plug") < expect.index("dtor dep") and expect.count("ctor nd") == 1
+
+    e = dict(env, LDPOOL_SOCKET=broker.socket)
+    proc = subprocess.Popen(["ldpool-exec", "--no-fallback", "./main"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=d)
+    out, refs = [], {}
+    try:
+        for line in proc.stdout:
+            out.append(line.decode())
+            if line.startswith(b"STAGE "):
+                refs[line.split()[1].decode()] = _refs(broker, d, ["plug", "dep"])
+                proc.stdin.write(b"\n")
+                proc.stdin.flush()
+        proc.stdin.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(TIMEOUT) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "ldpool-exec" not in err, err
+    assert "".join(out) == expect
+    assert refs["open"] == {"plug": 1, "dep": 1}
+    assert refs["closed"] == {"plug": 0, "dep": 0}
+    assert refs["reopened"] == {"plug": 1, "dep": 1}
+    after = _refs(broker, d, ["plug", "dep", "a", "b", "shared", "nd", "r"])
+    assert all(n == 0 for n in after.values()), after     # the process is gone: its lease too
