@@ -169,7 +169,7 @@ def object_fixups(ctx, k):
                 sv = static_value(entries, b, r)     # SIZE32/64
                 same_or_abs(addr, sv[0], sv[1])
                 return
-            si = stub_index(stubs, elf, b, r, symtypes)
+            si = stub_index(stubs, elf, b, r, symtypes, entries)
             if si is not None:
                 value = stubs.stub_addr(si)
                 if load(image, addr - origin, 8) == value:

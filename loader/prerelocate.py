@@ -122,7 +122,7 @@ def prerelocate(elf, base, lay, scope, out, info, stubs=None):
         at = b.addr[r] - origin
         if not 0 <= at <= lay.span - 8:
             raise ElfError(elf.path, f"relocation at {b.addr[r] - base:#x} outside the object")
-        k = stub_index(stubs, elf, b, r, symtypes)
+        k = stub_index(stubs, elf, b, r, symtypes, entries)
         if k is not None:
             store(out, at, stubs.stub_addr(k), 8, elf.path)
             info.stubs[import_name(elf, b.symidx[r])] = k

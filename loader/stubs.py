@@ -29,8 +29,9 @@ SLOT_SIZE = 8
 CAPACITY = 8192
 
 R_64, R_GLOB_DAT, R_JUMP_SLOT = 1, 6, 7
-STT_FUNC, STT_GNU_IFUNC = 2, 10
+STT_NOTYPE, STT_FUNC, STT_GNU_IFUNC = 0, 2, 10
 F_IFUNC = 4
+PF_X = 1
 
 
 def region_size(capacity=CAPACITY):
@@ -99,14 +100,17 @@ class StubRegion:
         return cls(d["addr"], d["pool_off"], d["capacity"], d["names"], on_change)
 
 
-def is_function_ref(elf, b, r, cache):
+def is_function_ref(elf, b, r, cache, entries=None):
     """Whether relocation r (bound into glibc's family) stores the address
     of a function and nothing else, so a stub can stand in for it:
     JUMP_SLOT, and GLOB_DAT / R_X86_64_64 without addend of a symbol the
-    object declares as a function (or that binds to an IFUNC).  Weak ones
-    too (every gcc-built library has a weak GLOB_DAT of __cxa_finalize):
-    they bound into glibc in the canonical scope, and the process runs
-    the same glibc as the broker, so they are found there too."""
+    object declares as a function, that binds to an IFUNC, or (declared
+    without a type, as some linkers leave undefined symbols) whose
+    definition lies in an executable segment of its object (`entries`: the
+    scope's [(elf, l_addr, is_glibc)]).  Weak references too (every
+    gcc-built library has a weak GLOB_DAT of __cxa_finalize): they bound
+    into glibc in the canonical scope, and the process runs the same glibc
+    as the broker, so they are found there too."""
     t = b.rtype[r]
     if t == R_JUMP_SLOT:
         return True
@@ -118,13 +122,21 @@ def is_function_ref(elf, b, r, cache):
     typ = cache.get(s)
     if typ is None:
         typ = cache[s] = elf.symbol(s).info & 0xF
+    if typ == STT_NOTYPE and entries is not None and b.target[r] >= 0:
+        return _in_code(entries[b.target[r]], b.value[r])
     return typ in (STT_FUNC, STT_GNU_IFUNC)
 
 
-def stub_index(stubs, elf, b, r, cache):
+def _in_code(entry, value):
+    delf, l_addr = entry[0], entry[1]
+    v = value - l_addr
+    return any(seg.flags & PF_X and seg.vaddr <= v < seg.vaddr + seg.memsz for seg in delf.loads)
+
+
+def stub_index(stubs, elf, b, r, cache, entries=None):
     """Slot index for relocation r bound into glibc, or None when it stays
     a per-process fixup (no stub region, not a plain function reference,
     registry full)."""
-    if stubs is None or not is_function_ref(elf, b, r, cache):
+    if stubs is None or not is_function_ref(elf, b, r, cache, entries):
         return None
     return stubs.index(*import_name(elf, b.symidx[r]))

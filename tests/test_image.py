@@ -86,7 +86,7 @@ def test_image_matches_ldso_copy(libz_image):
         if t == R_RELATIVE:
             assert ours - base == theirs - theirs_base, hex(off)
             checked += 1
-        elif b.target[r] >= 0 and scope[b.target[r]][2] and is_function_ref(elf, b, r, {}):
+        elif b.target[r] >= 0 and scope[b.target[r]][2] and is_function_ref(elf, b, r, {}, scope):
             k = info.stubs[import_name(elf, b.symidx[r])]
             assert ours == region.stub_addr(k)
             nstubs += 1
@@ -126,7 +126,7 @@ def test_shared_pages_and_determinism(libz_image):
     relro = elf.segment(PT_GNU_RELRO)
     b = bind_entries(scope, 0)
     per_process = {(b.addr[r] - base - lay.lo) >> 12 for r in range(b.count)
-                   if b.target[r] >= 0 and scope[b.target[r]][2] and not is_function_ref(elf, b, r, {})}
+                   if b.target[r] >= 0 and scope[b.target[r]][2] and not is_function_ref(elf, b, r, {}, scope)}
     relro_pages = set(range((relro.vaddr - lay.lo) >> 12, (relro.vaddr + relro.memsz - lay.lo) >> 12))
     # GOT pages are shareable unless a reference into glibc that is not a
     # plain function address (data, a weak reference) needs a per-process
