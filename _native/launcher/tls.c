@@ -68,29 +68,40 @@ void ldp_tls_setup(void)
     real_tls_get_addr = dlsym(RTLD_DEFAULT, "__tls_get_addr");
 }
 
+/* The reserve's init image lies in the launcher's RELRO: a plan's writes
+ * into it happen inside one writable window (one mprotect each way for the
+ * whole image, not a pair per write: each pair splits and merges the
+ * mapping, several microseconds each).  Only whole RELRO pages, as ld.so
+ * protects them. */
+static void image_protect(int prot)
+{
+    uint64_t lo = (uint64_t)init_image & ~4095ul, hi = ((uint64_t)init_image + RESERVE + 4095) & ~4095ul;
+    uint64_t rlo = relro_lo & ~4095ul, rhi = relro_hi & ~4095ul;
+    if (lo < rlo) lo = rlo;
+    if (hi > rhi) hi = rhi;
+    if (lo < hi) mprotect((void *)lo, hi - lo, prot);
+}
+
 static void image_write(uint64_t off, const void *src, uint64_t filesz, uint64_t memsz)
 {
-    int ro = (uint64_t)init_image + off < relro_hi && (uint64_t)init_image + off + memsz > relro_lo;
-    uint64_t lo = ((uint64_t)init_image + off) & ~4095ul;
-    uint64_t hi = ((uint64_t)init_image + off + memsz + 4095) & ~4095ul;
-    if (ro) mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE);
     if (src) memcpy(init_image + off, src, filesz);
     memset(init_image + off + filesz, 0, memsz - filesz);
-    if (ro) mprotect((void *)lo, hi - lo, PROT_READ);
 }
 
 /* Install the TLS init images of a plan's objects: into the reserve's init
  * image (future threads) and into the calling thread's block. */
 int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen)
 {
-    for (uint32_t i = 0; i < p->h->nobj; i++) {
+    int writable = 0, ret = 0;
+    for (uint32_t i = 0; i < p->h->nobj && !ret; i++) {
         const struct ldp_obj *o = &p->obj[i];
         uint32_t g = p->first_index + i;
         if (!o->tls_tpoff) {
             if (!o->tls_memsz) continue;
             if (g >= MAXGEN) {
                 snprintf(err, errlen, "%s: too many objects for dynamic TLS", ldp_str(p, o->path));
-                return -1;
+                ret = -1;
+                break;
             }
             cur_gen[g] = (uint8_t)(cur_gen[g] + 1) ? (uint8_t)(cur_gen[g] + 1) : 1;
             continue;
@@ -98,8 +109,10 @@ int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen)
         uint64_t off = RESERVE + o->tls_tpoff;
         if (off < STATE) {
             snprintf(err, errlen, "%s: TLS block overlaps the launcher's state", ldp_str(p, o->path));
-            return -1;
+            ret = -1;
+            break;
         }
+        if (!writable) image_protect(PROT_READ | PROT_WRITE), writable = 1;
         image_write(off, (void *)o->tls_image, o->tls_filesz, o->tls_memsz);
         unsigned char *blk = (unsigned char *)(ldp_tls_tp() + o->tls_tpoff);
         memcpy(blk, (void *)o->tls_image, o->tls_filesz);
@@ -111,7 +124,8 @@ int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen)
             ldp_reserve.st.gen[g] = cur_gen[g];
         }
     }
-    return 0;
+    if (writable) image_protect(PROT_READ);
+    return ret;
 }
 
 typedef struct { uint64_t module, offset; } tls_index;
