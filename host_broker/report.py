@@ -53,6 +53,10 @@ def render(st, out=None):
         tab.add_row(im["path"], im["base"], f"{im['pool_size'] >> 10} KiB", str(im["refs"]),
                     str(im["clients"]), state, f"{im['relro_bytes'] >> 10} KiB")
     con.print(tab)
+    s = st.get("stubs")
+    if s:
+        con.print(f"glibc stubs at {s['start']} (shared), slot table at {s['slots_addr']} (per process): "
+                  f"{s['registered']} of {s['capacity']} functions registered")
     if t.get("hidden_images"):
         con.print(f"(+{t['hidden_images']} images used only by other users)")
     if st["clients"]:
