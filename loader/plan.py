@@ -28,8 +28,8 @@ import os
 from types import SimpleNamespace
 
 from loader import planformat as pf
-from loader.elf import DT, DF_1_NODELETE, DF_STATIC_TLS, PT_DYNAMIC, PT_GNU_EH_FRAME, PT_PHDR, PT_TLS
-from loader.errors import LdpoolError, ResolveError
+from loader.elf import DT, DF_1_NODELETE, PT_DYNAMIC, PT_GNU_EH_FRAME, PT_PHDR, PT_TLS
+from loader.errors import ResolveError
 from loader.scope import Scope
 from loader.fixups import Imports, object_fixups
 from loader.image import image_key, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, relro_range
@@ -162,8 +162,9 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
     `resolution` (already appended to resolution.objects), the root first.
     They are relocated as glibc does: global scope (the objects loaded
     before), then the root's own breadth-first dependency list.  Their TLS
-    is dynamic only (tls_tpoff 0, tls_modid set); objects that need static
-    TLS cannot be dlopen'ed through the pool yet."""
+    is dynamic (tls_tpoff 0, tls_modid set); the launcher gives those that
+    static TLS accesses target (TPOFF, TLSDESC fixups) a static block of
+    its reserve at dlopen time, as glibc does from its surplus."""
     objs = resolution.objects
     bind_now = bind_now or _env_bind_now(resolution)
     text_in_pool = _text_in_pool(source, text_in_pool)
@@ -186,10 +187,6 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
     n_global = min(planned)
     scope = Scope(entries, global_count=n_global, local_scopes={k: local for k in planned})
     pooled = [k for k in sorted(planned) if k in placed]
-    for k in pooled:
-        if objs[k].elf.flags & DF_STATIC_TLS:
-            raise LdpoolError(f"{objs[k].path}: needs static TLS; dlopen of it through the pool "
-                              "is not supported")
     order = [pos[id(o)] for o in init_order([objs[k] for k in local], force_first=False)]
     init = [k for k in order if k in planned and k in placed]
     glibc = [k for k in sorted(planned) if objs[k].is_glibc]

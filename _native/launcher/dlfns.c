@@ -139,7 +139,8 @@ static void *open_plan(struct ldp_plan *p, int mode)
         }
     ldp_objects_add(p);
     int mapped = ldp_map_plan(p, ldp_pool_fd, err, sizeof err) == 0;
-    if (!mapped || ldp_resolve_imports(p, 1, err, sizeof err) < 0 || ldp_apply_fixups(p, err, sizeof err) < 0 ||
+    if (!mapped || ldp_resolve_imports(p, 1, err, sizeof err) < 0 || ldp_tls_assign_static(p, err, sizeof err) < 0 ||
+        ldp_apply_fixups(p, err, sizeof err) < 0 ||
         ldp_tls_install(p, err, sizeof err) < 0) {
         ldp_set_error("%s", err);
         for (uint32_t i = 0; i < p->h->nobj; i++) {

@@ -103,6 +103,11 @@ const void *ldp_slot_target(const void *a);
 /* ---- TLS (tls.c) ---- */
 void ldp_tls_setup(void);
 int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen);
+/* a dlopen plan's objects that static TLS accesses target get a static block */
+int ldp_tls_assign_static(struct ldp_plan *p, char *err, size_t errlen);
+/* fn(thread pointer) for every thread of the process, under nptl's lock;
+ * -1 when glibc's thread list is out of reach (threads.c) */
+int ldp_each_thread(void (*fn)(uint64_t tp, void *arg), void *arg);
 uint64_t ldp_tls_tp(void);
 void *ldp_tls_get_addr(void *ti);
 void *ldp_tls_block(struct ldp_rt *r);      /* this thread's TLS block of r, or NULL */

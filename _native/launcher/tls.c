@@ -5,7 +5,10 @@
  * tls_tpoff).  Writing the TLS init images into the reserve's init image
  * makes glibc copy them into every new thread.  The bottom of the reserve
  * holds the launcher's own per-thread state.  Objects loaded by dlopen get
- * dynamic TLS (tls_tpoff 0): a block per thread, allocated on first use. */
+ * dynamic TLS (tls_tpoff 0): a block per thread, allocated on first use;
+ * those that need static TLS (initial-exec TPOFF64, TLSDESC) get a block
+ * from what the program's plan left of the reserve, as glibc serves them
+ * from its static TLS surplus, initialised in every thread (threads.c). */
 #include "ldp.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,8 +91,93 @@ static void image_write(uint64_t off, const void *src, uint64_t filesz, uint64_t
     memset(init_image + off + filesz, 0, memsz - filesz);
 }
 
+/* ---- static blocks for dlopen'ed objects ---- */
+struct sblock { int64_t tpoff; uint64_t size, align; uint32_t owner; };
+static struct sblock *sblocks;
+static uint32_t nsblocks;
+static int64_t static_low;          /* lowest tpoff in use (the program's blocks, then ours) */
+static int static_ready;
+
+/* an unloaded owner's block is free again: a dlopen/dlclose loop of the
+ * same library keeps reusing one block */
+static int64_t find_free(uint64_t size, uint64_t align, uint32_t owner)
+{
+    for (uint32_t i = 0; i < nsblocks; i++) {
+        struct sblock *b = &sblocks[i];
+        struct ldp_rt *o = b->owner < ldp_nobj ? ldp_objs[b->owner] : NULL;
+        if ((o && o->state != LDP_ST_GONE && b->owner != owner) || b->size < size || b->tpoff % (int64_t)align) continue;
+        b->owner = owner;
+        return b->tpoff;
+    }
+    return 0;
+}
+
+/* Give the objects of a dlopen plan that static TLS accesses target (the
+ * plan's TPOFF and TLSDESC fixups) a static block; set in the plan's
+ * object record, which every TLS path reads.  Before the fixups. */
+int ldp_tls_assign_static(struct ldp_plan *p, char *err, size_t errlen)
+{
+    uint32_t first = p->first_index, n = p->h->nobj;
+    if (!first || !n) return 0;
+    uint8_t *need = NULL;
+    for (uint32_t k = 0; k < p->h->nfix; k++) {
+        const struct ldp_fix *f = &p->fix[k];
+        if ((f->type != LDP_FIX_TPOFF && f->type != LDP_FIX_TLSDESC) || f->sym < first || f->sym >= first + n) continue;
+        if (!need && !(need = calloc(n, 1))) { snprintf(err, errlen, "out of memory"); return -1; }
+        need[f->sym - first] = 1;
+    }
+    if (!need) return 0;
+    if (!static_ready) {
+        struct ldp_rt *m = ldp_main != LDP_NONE ? ldp_objs[ldp_main] : NULL;
+        static_low = -(int64_t)(m ? m->plan->h->static_tls_size : 0);
+        static_ready = 1;
+    }
+    int rc = 0;
+    for (uint32_t i = 0; i < n && rc == 0; i++) {
+        struct ldp_obj *o = (struct ldp_obj *)&p->obj[i];   /* the dlopen plan is ours (malloc'd) */
+        if (!need[i] || o->tls_tpoff || !o->tls_memsz) continue;   /* set: the same plan mapped again */
+        uint64_t align = o->tls_align ? o->tls_align : 1;
+        int64_t t = 0;
+        if (align <= 64) t = find_free(o->tls_memsz, align, first + i);
+        if (!t && align <= 64) {
+            /* the reserve ends at the thread pointer, which is 64-aligned */
+            t = (static_low - (int64_t)o->tls_memsz) & -(int64_t)align;
+            if (RESERVE + t < STATE) {
+                t = 0;
+            } else {
+                static_low = t;
+                sblocks = realloc(sblocks, sizeof *sblocks * (nsblocks + 1));
+                sblocks[nsblocks++] = (struct sblock){t, o->tls_memsz, align, first + i};
+            }
+        }
+        if (!t) {
+            /* glibc's words when its surplus is used up */
+            snprintf(err, errlen, "%s: cannot allocate memory in static TLS block", ldp_str(p, o->path));
+            rc = -1;
+            break;
+        }
+        o->tls_tpoff = t;
+    }
+    free(need);
+    return rc;
+}
+
+struct seed { const struct ldp_obj *o; uint32_t g; };
+
+/* another thread's copy of a block, and its generation: its accesses
+ * through __tls_get_addr must not copy the image over it again */
+static void seed_thread(uint64_t tp, void *arg)
+{
+    const struct seed *s = arg;
+    unsigned char *blk = (unsigned char *)(tp + s->o->tls_tpoff);
+    memcpy(blk, (void *)s->o->tls_image, s->o->tls_filesz);
+    memset(blk + s->o->tls_filesz, 0, s->o->tls_memsz - s->o->tls_filesz);
+    if (s->g < MAXGEN) ((struct tstate *)(tp - RESERVE))->gen[s->g] = cur_gen[s->g];
+}
+
 /* Install the TLS init images of a plan's objects: into the reserve's init
- * image (future threads) and into the calling thread's block. */
+ * image (future threads) and into the calling thread's block (every
+ * thread's, for a dlopen plan). */
 int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen)
 {
     int writable = 0, ret = 0;
@@ -123,6 +211,12 @@ int ldp_tls_install(struct ldp_plan *p, char *err, size_t errlen)
             image_write(offsetof(struct tstate, gen) + g, &cur_gen[g], 1, 1);
             ldp_reserve.st.gen[g] = cur_gen[g];
         }
+        /* threads that exist already: glibc's _dl_init_static_tls; where
+         * the thread list is out of reach, they copy the image on their
+         * first access through __tls_get_addr (initial-exec code of
+         * theirs would read zeros) */
+        struct seed sd = {o, g};
+        if (p->first_index) ldp_each_thread(seed_thread, &sd);
     }
     if (writable) image_protect(PROT_READ);
     return ret;
