@@ -45,7 +45,8 @@ void *ldp_override(const char *name)
     /* every import of every object comes here: most leave at once */
     if (!strchr("_bdfor", name[0]) || !name[0]) return NULL;
     for (size_t i = 0; i < sizeof overrides / sizeof overrides[0]; i++)
-        if (strcmp(overrides[i].name, name) == 0) return overrides[i].fn;
+        if (overrides[i].name[0] == name[0] && overrides[i].name[1] == name[1] && strcmp(overrides[i].name, name) == 0)
+            return overrides[i].fn;
     return NULL;
 }
 
