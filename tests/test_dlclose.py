@@ -164,3 +164,61 @@ def test_dlclose_cycle_matches_glibc(env, tmp_path, broker):
     assert refs["reopened"] == {"plug": 1, "dep": 1}
     after = _refs(broker, d, ["plug", "dep", "a", "b", "shared", "nd", "r"])
     assert all(n == 0 for n in after.values()), after     # the process is gone: its lease too
+
+
+RESTART = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+int main(void) {
+    char line[16];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    void *p = dlopen("libplug.so", RTLD_NOW);
+    printf("plug_call -> %d\n", ((int (*)(void))dlsym(p, "plug_call"))());
+    printf("dlclose = %d\n", dlclose(p));
+    printf("STAGE restart\n");
+    if (!fgets(line, sizeof line, stdin)) return 2;
+    /* the broker restarted: this dlopen reclaims the lease, in which the
+     * closed objects are holes, then the closed plugin loads again */
+    void *a = dlopen("liba.so", RTLD_NOW);
+    printf("a_call -> %d\n", a ? ((int (*)(void))dlsym(a, "a_call"))() : -1);
+    p = dlopen("libplug.so", RTLD_NOW);
+    printf("plug_call -> %d\n", p ? ((int (*)(void))dlsym(p, "plug_call"))() : -1);
+    return 0;
+}
+"""
+
+
+def test_dlclose_then_broker_restart(env, tmp_path, broker):
+    """A lease with dlclose'd objects survives a broker restart: the
+    RECLAIM names them as holes (address 0), the broker resolves the lease
+    again without them, and the closed plugin is planned and loaded again
+    from the pool (no notice, constructors again)."""
+    d = tmp_path / "w"
+    d.mkdir()
+    _build(d)
+    (d / "restart.c").write_text(RESTART)
+    subprocess.run(["gcc", "-O1", "-o", "restart", "restart.c", "-Wl,-rpath,$ORIGIN"], check=True, cwd=d)
+    nat = subprocess.run(["./restart"], input=b"\n", capture_output=True, env=env, cwd=d, timeout=TIMEOUT)
+    assert nat.returncode == 0 and nat.stdout.count(b"ctor plug") == 2, nat
+    e = dict(env, LDPOOL_SOCKET=broker.socket)
+    proc = subprocess.Popen(["ldpool-exec", "--no-fallback", "./restart"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=d)
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line.decode())
+            if line.startswith(b"STAGE "):
+                broker.kill()
+                broker.start()
+                proc.stdin.write(b"\n")
+                proc.stdin.flush()
+        proc.stdin.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(TIMEOUT) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert err == "", err
+    assert "".join(out) == nat.stdout.decode()
+    assert "reclaimed lease" in broker.log()

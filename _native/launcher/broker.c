@@ -536,7 +536,8 @@ static int reconnect(char *err, size_t errlen)
     snprintf(num, sizeof num, "%lu", epoch);
     put(&b, "epoch", num);
     for (uint32_t i = 0; i < ldp_nobj; i++) {
-        snprintf(num, sizeof num, "0x%lx", ldp_objs[i] ? ldp_objs[i]->o->map_start : 0);
+        /* 0 for a dlclose'd object: the lease dropped it (protocol.md) */
+        snprintf(num, sizeof num, "0x%lx", ldp_objs[i] && ldp_objs[i]->state != LDP_ST_GONE ? ldp_objs[i]->o->map_start : 0);
         put(&b, "addr", num);
     }
     /* the program as we acquired it: the broker resolves it again for dlopen */
