@@ -234,3 +234,31 @@ def test_dlopen_fills_more_slots(env, tmp_path):
     r = subprocess.run(["ldpool-exec", "--no-fallback", str(tmp_path / "main"), "x"], env=env, cwd=tmp_path,
                        capture_output=True, timeout=TIMEOUT)
     assert r.stdout.endswith(b"stub in the window: 1\n"), (r.stdout, r.stderr)
+
+
+def test_stubs_outside_the_window_are_refused(tmp_path):
+    """A plan naming a stub region or slot table outside the pool's
+    placement window (the pool header's) is one line, exit 127."""
+    import struct
+    b = BrokerProc(tmp_path / "b").start()
+    try:
+        with b.connect() as c:
+            plan = c.acquire_program("/usr/bin/xz")
+            c.release(C.plan_lease(plan))
+        h = pf.unpack(plan).hdr
+        pool = "/dev/shm/" + b.pool.strip("/")
+        for off, name in ((144, "stubs_addr"), (168, "slots_addr")):
+            bad = bytearray(plan)
+            struct.pack_into("<Q", bad, off, 0x1000_0000_0000 + (h[name] & 0xFFFF_FFFF))
+            (tmp_path / f"{name}.plan").write_bytes(bad)
+            r = subprocess.run(["ldpool-exec", "--plan", str(tmp_path / f"{name}.plan"), "--pool", pool,
+                                "/usr/bin/xz", "--version"], capture_output=True, text=True, timeout=TIMEOUT)
+            assert r.returncode == 127 and r.stderr.count("\n") == 1, (name, r.returncode, r.stderr)
+            assert "outside the pool's placement window" in r.stderr, r.stderr
+        # the plan as the broker made it runs from the same files
+        (tmp_path / "good.plan").write_bytes(plan)
+        r = subprocess.run(["ldpool-exec", "--plan", str(tmp_path / "good.plan"), "--pool", pool,
+                            "/usr/bin/xz", "--version"], capture_output=True, text=True, timeout=TIMEOUT)
+        assert r.returncode == 0 and r.stdout.startswith("xz (XZ Utils)"), r.stderr
+    finally:
+        b.cleanup()

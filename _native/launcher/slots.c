@@ -11,10 +11,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 static uint64_t stubs_at, stubs_len, slots_at, slots_len;
 static uint32_t *filled;     /* slot indices filled so far, for ldp_slot_identity */
 static uint32_t nfilled, capfilled;
+
+/* A broker's pool starts with a header naming the epoch's placement window
+ * (docs/protocol.md): the stubs and slots must lie in it.  A --plan debug
+ * pool (loader.localpool) has no header and no such check. */
+static int outside_window(int poolfd, const struct ldp_plan_hdr *h)
+{
+    struct { char magic[8]; uint32_t version, hsize; uint64_t size, epoch, window, window_size; } ph;
+    if (pread(poolfd, &ph, sizeof ph, 0) != (ssize_t)sizeof ph || memcmp(ph.magic, "LDPPOOL1", 8) != 0)
+        return 0;
+    uint64_t lo = ph.window, hi = ph.window + ph.window_size;
+    return h->stubs_addr < lo || h->stubs_addr + h->stubs_size > hi ||
+           h->slots_addr < lo || h->slots_addr + h->slots_size > hi;
+}
 
 int ldp_slots_map(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
 {
@@ -26,6 +40,11 @@ int ldp_slots_map(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
             return 0;
         snprintf(err, errlen, "plan from another broker epoch (stub region %#lx, this process has %#lx)",
                  h->stubs_addr, stubs_at);
+        return -1;
+    }
+    if (outside_window(poolfd, h)) {
+        snprintf(err, errlen, "stub region %#lx or slot table %#lx outside the pool's placement window",
+                 h->stubs_addr, h->slots_addr);
         return -1;
     }
     void *a = mmap((void *)h->stubs_addr, h->stubs_size, PROT_READ | PROT_EXEC,
