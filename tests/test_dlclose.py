@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from broker_helpers import BrokerProc
-from launcher_helpers import TIMEOUT, env  # noqa: F401  (env is a fixture)
+from launcher_helpers import TIMEOUT, env, same  # noqa: F401  (env is a fixture)
 
 LIB = r"""
 #include <stdio.h>
@@ -222,3 +222,53 @@ def test_dlclose_then_broker_restart(env, tmp_path, broker):
     assert err == "", err
     assert "".join(out) == nat.stdout.decode()
     assert "reclaimed lease" in broker.log()
+
+
+CXX_PLUGIN = r"""
+#include <iostream>
+#include <stdexcept>
+#include <string>
+#include <cstdlib>
+struct G { std::string n; G(const char *s) : n(s) { std::cout << "construct " << n << std::endl; }
+           ~G() { std::cout << "destruct " << n << std::endl; } };
+static G g("global");
+static void bye() { std::cout << "atexit in plugin" << std::endl; }
+extern "C" int run(int x) {
+    static G local("function-static");
+    static bool reg = (std::atexit(bye), true);
+    try { if (x > 1) throw std::runtime_error("boom " + std::to_string(x)); }
+    catch (const std::exception &e) { std::cout << "caught " << e.what() << std::endl; }
+    return x * 2 + reg;
+}
+"""
+
+CXX_MAIN = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    for (int i = 0; i < 3; i++) {
+        void *h = dlopen(argv[1], RTLD_NOW);
+        if (!h) { printf("%s\n", dlerror()); return 1; }
+        printf("run=%d\n", ((int (*)(int))dlsym(h, "run"))(i + 1));
+        fflush(stdout);
+        if (i < 2) printf("dlclose=%d\n", dlclose(h));
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+
+def test_dlclose_keeps_objects_with_unique_symbols(env, tmp_path):
+    """A C++ plugin defining STB_GNU_UNIQUE symbols (inline statics) is made
+    NODELETE by glibc once they are bound, and so is libstdc++: dlclose
+    keeps them, their destructors run at exit, in glibc's order."""
+    (tmp_path / "plug.cc").write_text(CXX_PLUGIN)
+    (tmp_path / "main.c").write_text(CXX_MAIN)
+    subprocess.run(["g++", "-O1", "-fPIC", "-shared", "-o", "libplug.so", "plug.cc"], check=True, cwd=tmp_path)
+    subprocess.run(["gcc", "-O1", "-o", "main", "main.c"], check=True, cwd=tmp_path)
+    syms = subprocess.run(["readelf", "-Ws", "--dyn-syms", "libplug.so"], capture_output=True, text=True,
+                          cwd=tmp_path).stdout
+    assert " UNIQUE " in syms
+    r = same(["./main", "./libplug.so"], env, cwd=tmp_path)
+    assert r.stdout.decode().count("construct global") == 1, r.stdout

@@ -253,6 +253,44 @@ static void release_to_broker(const uint8_t *gone, uint32_t nobj)
     }
 }
 
+/* glibc marks a dlopen'ed object NODELETE once a lookup binds to a
+ * STB_GNU_UNIQUE symbol it defines (dl-lookup.c, do_lookup_unique): C++
+ * inline-function statics and template static members, so most C++
+ * plugins and libstdc++ stay loaded.  Such a symbol is always reached
+ * through the GOT, so defining one counts as bound.  Checked only when
+ * dlclose would unload the object: dynsym pages nothing else reads. */
+static int keeps_unique(struct ldp_rt *x)
+{
+    if (x->unique_checked) return x->nodelete;
+    x->unique_checked = 1;
+    uint32_t n = x->symtab ? ldp_rt_nsyms(x) : 0;
+    for (uint32_t i = 1; i < n; i++)
+        if (ELF64_ST_BIND(x->symtab[i].st_info) == STB_GNU_UNIQUE && x->symtab[i].st_shndx != SHN_UNDEF)
+            return x->nodelete = 1;
+    return x->nodelete;
+}
+
+/* The objects dlclose unloads now (1 per global index): dlopen'ed, live,
+ * not kept by still_used, nor NODELETE through a unique symbol (which
+ * keeps what it needs too, hence the second round). */
+static uint8_t *to_unload(uint32_t nobj, uint32_t *count)
+{
+    for (;;) {
+        uint8_t *used = still_used(nobj), *gone = calloc(nobj ? nobj : 1, 1);
+        int again = 0;
+        *count = 0;
+        for (uint32_t i = 0; i < nobj; i++) {
+            struct ldp_rt *x = ldp_objs[i];
+            if (!x || !x->dlopened || used[i] || x->state < LDP_ST_MAPPED || x->state == LDP_ST_GONE) continue;
+            if (keeps_unique(x)) again = 1;
+            else gone[i] = 1, ++*count;
+        }
+        free(used);
+        if (!again) return gone;
+        free(gone);
+    }
+}
+
 static int dlclose_locked(void *h)
 {
     struct ldp_rt *r = ldp_from_handle(h);
@@ -264,14 +302,8 @@ static int dlclose_locked(void *h)
     }
     if (r->refcount > 0) r->refcount--;
     if (r->refcount > 0 || !r->dlopened || r->nodelete) return 0;
-    uint32_t nobj = ldp_nobj;    /* finalisers may dlopen: newer objects are not ours */
-    uint8_t *used = still_used(nobj), *gone = calloc(nobj ? nobj : 1, 1);
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < nobj; i++) {
-        struct ldp_rt *x = ldp_objs[i];
-        if (x && x->dlopened && !used[i] && x->state >= LDP_ST_MAPPED && x->state != LDP_ST_GONE) gone[i] = 1, n++;
-    }
-    free(used);
+    uint32_t nobj = ldp_nobj, n;    /* finalisers may dlopen: newer objects are not ours */
+    uint8_t *gone = to_unload(nobj, &n);
     /* finalisers in the order _dl_close_worker runs them: its sorted
      * namespace, filtered (finiorder.c) */
     uint32_t *order = malloc(sizeof *order * (nobj ? nobj : 1));

@@ -48,7 +48,8 @@ struct ldp_rt {
     struct ldp_plan *plan;
     uint32_t index;              /* global index */
     int state, refcount, dlopened, global;
-    int nodelete;                /* DF_1_NODELETE or RTLD_NODELETE: dlclose keeps it */
+    int nodelete;                /* DF_1_NODELETE, RTLD_NODELETE or a unique symbol: dlclose keeps it */
+    int unique_checked;          /* nodelete includes the unique-symbol rule (dlfns.c) */
     const char *name, *path, *soname;
     uint64_t dev, ino;           /* of path, on first need (ino 0: not yet / unknown) */
     int statted;
