@@ -88,7 +88,7 @@ void ldp_rt_deps(struct ldp_rt *r)
             if (d->d_tag != DT_NEEDED) continue;
             const char *need = x->strtab + d->d_un.d_val;
             for (uint32_t i = 0; i < ldp_nobj; i++) {
-                if (ldp_objs[i]->state == LDP_ST_GONE || !needed_matches(ldp_objs[i], need)) continue;
+                if (!ldp_objs[i] || ldp_objs[i]->state == LDP_ST_GONE || !needed_matches(ldp_objs[i], need)) continue;
                 if (!seen[i]) seen[i] = 1, q[n++] = i;
                 break;
             }
