@@ -13,7 +13,7 @@ from loader import resolve
 from loader.elf import PF_W, PT_GNU_RELRO, ElfFile
 from loader.localpool import LocalPool
 from loader.imports import import_name
-from loader.prerelocate import R_JUMP_SLOT, R_RELATIVE, bind_entries
+from loader.prerelocate import R_RELATIVE, bind_entries
 from loader.stubs import STUB_SIZE, StubRegion, is_function_ref
 
 LIBZ = "/lib/x86_64-linux-gnu/libz.so.1"
