@@ -143,6 +143,27 @@ def test_replaced_library_falls_back_before_anything_runs(broker, env, tmp_path)
     assert pooled(["xz", "--version"], e)[1] == "fast"
 
 
+def test_text_in_pool_plans_check_library_files_too(env, tmp_path):
+    """With --text-in-pool no page comes from the library file, so mapping
+    never looks at it: the fast path compares the file with the plan."""
+    b = BrokerProc(tmp_path / "b", extra=["--text-in-pool"]).start()
+    try:
+        lib = tmp_path / "lib"
+        lib.mkdir()
+        shutil.copy(os.path.realpath(LZMA), lib / "liblzma.so.5")
+        e = _env(env, b, LD_LIBRARY_PATH=str(lib), LDPOOL_DEBUG="1")
+        want = native([XZ, "--version"], e).stdout
+        assert [pooled(["xz", "--version"], e)[1] for _ in range(2)] == ["slow", "fast"]
+        shutil.copy(os.path.realpath(LZMA), lib / "liblzma.so.5.new")
+        os.replace(lib / "liblzma.so.5.new", lib / "liblzma.so.5")
+        time.sleep(RECHECK)
+        r, path = pooled(["xz", "--version"], e)
+        assert (path, r.stdout) == ("slow", want)
+        assert b"liblzma.so.5 changed since the plan was made" in r.stderr
+    finally:
+        b.cleanup()
+
+
 def test_evicted_image_sends_the_launcher_the_slow_way(env, tmp_path):
     b = BrokerProc(tmp_path / "b", linger=0).start()
     try:

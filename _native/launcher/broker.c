@@ -63,9 +63,12 @@ static void put(struct buf *b, const char *key, const char *val)
  * free numbers (open() returning 3...). */
 int ldp_move_high(int fd)
 {
+    static int lo;
     struct rlimit rl;
-    int lo = 1000;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1100) lo = rl.rlim_cur > 64 ? rl.rlim_cur - 40 : 3;
+    if (!lo) {
+        lo = 1000;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1100) lo = rl.rlim_cur > 64 ? rl.rlim_cur - 40 : 3;
+    }
     int nfd = fcntl(fd, F_DUPFD_CLOEXEC, lo);
     if (nfd < 0) return fd;
     close(fd);
