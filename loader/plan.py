@@ -34,6 +34,7 @@ from loader.scope import Scope
 from loader.fixups import Imports, object_fixups
 from loader.image import image_key, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, relro_range
 from loader.initorder import init_order
+from loader.interpose import interpositions
 from loader.segments import object_segments
 
 
@@ -151,9 +152,11 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
     main = 0 if objs and getattr(objs[0], "kind", "main") == "main" else None
     init = [k for k in order if k in placed and k != main]
     glibc = [k for k, o in enumerate(objs) if o.is_glibc]
-    return _assemble(objs, source, Scope(entries), entries, placed, gindex, pooled, tls,
+    scope = Scope(entries)
+    return _assemble(objs, source, scope, entries, placed, gindex, pooled, tls,
                      (tls_size, tls_align), init, glibc, first_index, bind_now, lease, with_stats,
-                     text_in_pool=_text_in_pool(source, text_in_pool))
+                     text_in_pool=_text_in_pool(source, text_in_pool),
+                     interposed=interpositions(scope))
 
 
 def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, lease=0,
@@ -196,7 +199,8 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
 
 
 def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_total, init, glibc,
-              first_index, bind_now, lease, with_stats, dynamic_tls=False, text_in_pool=True):
+              first_index, bind_now, lease, with_stats, dynamic_tls=False, text_in_pool=True,
+              interposed=()):
     data = pf.PlanData(first_index=first_index, lease=lease, pool_size=source.pool_size)
     strings = data.strings
     stubs = getattr(source, "stubs", None)
@@ -212,6 +216,14 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
         o, p = objs[k], placed[k]
         elf, base = o.elf, p.base
         fs = object_fixups(ctx, k)
+        for x in interposed:
+            if x.definer == k:
+                imp = ctx.imports.add(x.name, x.version, 0)
+                if x.copy:       # glibc wrote its own at start: the program's gets that value
+                    fs.add(x.addr, pf.FIX_COPY, imp, x.size, width=x.size)
+                else:
+                    fs.fixes.append((x.addr, pf.FIX_INTERPOSE, imp, x.size, 0))
+                    fs.counts["INTERPOSE"] += 1
         counts[gindex[k]] = fs
         segs = object_segments(elf, p, fs.pages, from_file=not text_in_pool)
         rec = {"l_addr": base, "map_start": p.map_start, "map_end": p.map_end,

@@ -281,6 +281,13 @@ static int apply_one(struct ldp_plan *p, uint32_t k, struct copy_move **mv, size
             (*mv)[(*nmv)++] = (struct copy_move){s, (uint64_t)f->addend, f->addr};
         }
         break;
+    case LDP_FIX_INTERPOSE:
+        s = sym_value(p, k, f, err, errlen, &bad);
+        if (bad) return -1;
+        if (!s) break;
+        *mv = realloc(*mv, sizeof **mv * (*nmv + 1));
+        (*mv)[(*nmv)++] = (struct copy_move){s, (uint64_t)f->addend, f->addr};
+        break;
     }
     return 0;
 }

@@ -108,6 +108,9 @@ enum {
     LDP_FIX_COPY = 10,     /* memcpy(addr, sym != NONE ? S : aux, addend bytes); a copy of
                               glibc data also repoints glibc's own GOT at addr        */
     LDP_FIX_GLIBC_TPOFF = 11, /* *(u64*)addr = tpoff of glibc TLS import sym + addend */
+    LDP_FIX_INTERPOSE = 12, /* nothing is written: glibc's own GOT slots that point into
+                               [S, S + addend) move to addr + the same offset, as ld.so
+                               binds glibc to the program's definitions (argp_program_version...) */
 };
 
 struct ldp_fix {

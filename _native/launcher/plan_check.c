@@ -70,13 +70,25 @@ static int check_fix(const struct ldp_plan *p, const struct ldp_obj *o, const st
             if (!ok) BAD("COPY at %#lx: source %#lx outside the plan's objects", f->addr, f->aux);
         }
         break;
+    case LDP_FIX_INTERPOSE:
+        /* writes nothing at addr: it only has to lie in the object */
+        if (f->sym >= p->h->nimport) BAD("fixup at %#lx: import %u out of range", f->addr, f->sym);
+        if (f->addend <= 0 || f->addend > (1 << 30) || f->addr < o->map_start ||
+            (uint64_t)f->addend > o->map_end - f->addr || f->addr >= o->map_end)
+            BAD("INTERPOSE at %#lx: outside %s", f->addr, ldp_str(p, o->path));
+        return 0;
     default:
         BAD("fixup at %#lx: unknown type %u", f->addr, f->type);
     }
-    const struct ldp_seg *s = seg_of(p, o, f->addr, width);
-    if (!s || s->kind == LDP_SEG_SHARED || s->kind == LDP_SEG_FILE)
-        BAD("fixup at %#lx (type %u) is outside the private pages of %s", f->addr, f->type,
-            ldp_str(p, o->name));
+    /* a COPY may run from .data on into .bss: adjacent writable segments */
+    if (f->addr + width < f->addr) BAD("fixup at %#lx: range wraps", f->addr);
+    for (uint64_t a = f->addr, end = f->addr + width; a < end;) {
+        const struct ldp_seg *s = seg_of(p, o, a, 1);
+        if (!s || s->kind == LDP_SEG_SHARED || s->kind == LDP_SEG_FILE)
+            BAD("fixup at %#lx (type %u) is outside the private pages of %s", f->addr, f->type,
+                ldp_str(p, o->name));
+        a = s->addr + s->len;
+    }
     return 0;
 }
 
