@@ -458,6 +458,7 @@ static int settle_locked(char *err, size_t errlen)
     replies_pending = 0;
     uint64_t plan_epoch = epoch;
     int hello_ok = recv_hello(err, errlen) == 0 && epoch == plan_epoch;
+    epoch = plan_epoch;          /* our mappings' epoch, whatever this broker's is */
     if (conn_lost) return -1;
     uint32_t op;
     size_t len;

@@ -88,7 +88,9 @@ static unsigned char *read_cache_file(const char *file, size_t *len, char *why, 
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
         (size_t)st.st_size < sizeof(struct fast_hdr) || (size_t)st.st_size > MAX_FILE) {
         miss(why, n, "%s: not a plan cache file of ours", file);
-    } else if ((buf = malloc(st.st_size))) {
+    } else if (!(buf = malloc(st.st_size))) {
+        miss(why, n, "%s: out of memory", file);
+    } else {
         size_t got = 0;
         while (got < (size_t)st.st_size) {
             ssize_t r = read(fd, buf + got, st.st_size - got);
