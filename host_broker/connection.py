@@ -1,102 +1,179 @@
-"""One client connection of the broker: frames reassembled from the byte
-stream (loader.protocol.FrameDecoder, never transport message boundaries),
+"""Client connections of the broker: frames reassembled from the byte stream
+(loader.protocol.FrameDecoder, never transport message boundaries),
 answered in order; the pool descriptor rides on the HELLO reply.
 
-The socket is driven with the event loop's reader/writer callbacks rather
-than an asyncio transport: a starting program connects and sends HELLO and
-ACQUIRE_PROGRAM at once, so the broker reads them right after accept() and
-answers both in the same wakeup, with plain send()/sendmsg() calls."""
+Every client socket sits in one epoll set of our own (Hub), registered once
+and level-triggered; the asyncio loop watches only that set's descriptor.
+A wakeup then costs one asyncio callback however many clients are ready,
+and a request costs one recv_into a shared buffer and one send: no
+add_reader/remove_reader (epoll_ctl) per message, no asyncio Handle per
+socket event.  asyncio still runs the timers, the worker-thread builds and
+their completions."""
 import array
 import asyncio
 import collections
+import select
 import socket
 
 from loader import protocol as P
 
 RECV = 262144
 HIGH_WATER = 1 << 20        # bytes queued for a client before we stop reading it
-FIRST_WAIT = 0.002          # seconds the event loop waits for a new client's first bytes
+ROUNDS = 4                  # client polls per event-loop wakeup: a request that
+                            # arrived meanwhile is answered without going round
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_GONE = select.EPOLLHUP | select.EPOLLERR
+_SCM = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+_HEADER = P.HEADER.unpack_from
+_OPS = P.REQUEST_OPS
+
+
+class Hub:
+    """The client sockets' epoll set and the receive buffer they share (a
+    request is decoded before the next recv, so one buffer serves all)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.ep = select.epoll()
+        self.conns = {}                 # fd -> Connection, while registered
+        self.buf = bytearray(RECV)
+        self.view = memoryview(self.buf)
+        loop.add_reader(self.ep.fileno(), self._poll)
+
+    def _poll(self):
+        conns, poll = self.conns, self.ep.poll
+        for _ in range(ROUNDS):
+            events = poll(0)
+            if not events:
+                return
+            for fd, ev in events:
+                c = conns.get(fd)
+                if c is None:                 # closed earlier in this batch
+                    continue
+                if c.mask & _IN and ev & (_IN | _GONE):
+                    c._readable()
+                if c.mask & _OUT and ev & (_OUT | _GONE) and not c.lost:
+                    c._writable()
+
+    def close(self):
+        """Stop serving (connections stay open until the process exits:
+        a stopping broker hands its clients' references to no one)."""
+        self.loop.remove_reader(self.ep.fileno())
 
 
 class Connection:
     """A slow (building) request holds back the ones pipelined after it; a
     client that does not read its replies is not read from either."""
 
-    def __init__(self, broker, sock, client, loop):
-        self.broker, self.sock, self.client, self.loop = broker, sock, client, loop
+    __slots__ = ("broker", "sock", "client", "hub", "fileno", "decoder", "queue", "out",
+                 "queued", "busy", "closing", "lost", "mask")
+
+    def __init__(self, broker, sock, client, hub):
+        self.broker, self.sock, self.client, self.hub = broker, sock, client, hub
         self.fileno = sock.fileno()
         self.decoder = P.FrameDecoder()
         self.queue = collections.deque()
         self.out = collections.deque()     # [bytes, fd or None] not yet sent
         self.queued = 0
         self.busy = False
-        self.reading = False
-        self.writing = False
         self.closing = False               # no more requests are read or answered
         self.lost = False
+        self.mask = 0                      # epoll events registered for
 
     def start(self):
         """A starting program sends HELLO and ACQUIRE_PROGRAM right after
-        connecting: wait that long for them (blocking, FIRST_WAIT at most)
-        and answer at once, rather than going round the event loop."""
-        self.sock.settimeout(FIRST_WAIT)
-        try:
-            data = self.sock.recv(RECV)
-        except (socket.timeout, BlockingIOError, InterruptedError):
-            data = None
-        except OSError:
-            return self._lose()
-        self.sock.setblocking(False)
-        if data is None:
-            self._set_reading(True)
+        connecting: when they are already there, answer them in this
+        wakeup; a client that has not written yet is simply watched (it
+        never holds up the others)."""
+        self._watch(_IN)
+        self._readable()
+
+    # --- events -------------------------------------------------------------
+    def _watch(self, mask):
+        """Register for exactly these events (none: out of the set, as a
+        level-triggered hang-up would otherwise be reported forever)."""
+        if self.lost or mask == self.mask:
+            return
+        ep, fd = self.hub.ep, self.fileno
+        if not mask:
+            ep.unregister(fd)
+            del self.hub.conns[fd]
+        elif not self.mask:
+            ep.register(fd, mask)
+            self.hub.conns[fd] = self
         else:
-            self._received(data)
+            ep.modify(fd, mask)
+        self.mask = mask
+
+    def _update(self):
+        reading = not (self.busy or self.closing or self.queued >= HIGH_WATER)
+        self._watch((_IN if reading else 0) | (_OUT if self.out else 0))
 
     # --- input ----------------------------------------------------------
-    def _set_reading(self, on):
-        on = on and not self.lost
-        if on != self.reading:
-            self.reading = on
-            if on:
-                self.loop.add_reader(self.fileno, self._readable)
-            else:
-                self.loop.remove_reader(self.fileno)
-
     def _readable(self):
-        if self.lost:
-            return
+        hub = self.hub
         try:
-            data = self.sock.recv(RECV)
+            n = self.sock.recv_into(hub.buf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             return self._lose()
-        self._received(data)
-
-    def _received(self, data):
-        if not data:
+        if not n:
             return self._lose()
         if self.closing:
             return
+        if n >= 8 and not (self.queue or self.busy or self.out or self.decoder.pending):
+            # the usual request: one whole frame, nothing before it, answered
+            # by one send with no queueing
+            length, op = _HEADER(hub.buf)
+            if n == 8 + length and op in _OPS:
+                out = self.broker._dispatch(self.client, op, bytes(hub.view[8:n]))
+                if type(out) is tuple and out[1] is None:
+                    reply = out[0]
+                    try:
+                        sent = self.sock.send(reply)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError:
+                        return self._lose()
+                    if sent < len(reply):
+                        self._send(op, reply[sent:], None)
+                        self._update()
+                    return
+                self._take(op, out)        # a descriptor to pass, or a build
+                return self._run()
         try:
-            self.queue.extend(self.decoder.feed(data))
+            frames = self.decoder.feed(hub.view[:n])
         except P.ProtocolError as e:
             self.queue.clear()
             self._send(P.ERROR, P.frame(P.ERROR, str(e).encode()), None)
-        self._run()
+            return self._run()
+        if frames:
+            if len(frames) == 1:
+                self.queue.append(frames[0])
+            else:
+                self.queue.extend(frames)
+            self._run()
+
+    def _take(self, op, out):
+        """A dispatched request's answer: a reply to send, or a build to
+        wait for (which holds back what was pipelined after it)."""
+        if type(out) is tuple:
+            self._send(op, out[0], out[1])
+        else:
+            self.busy = True
+            asyncio.ensure_future(out).add_done_callback(lambda f, op=op: self._done(op, f))
 
     def _run(self):
-        while self.queue and not self.busy and not self.closing and self.queued < HIGH_WATER:
-            op, payload = self.queue.popleft()
-            out = self.broker._dispatch(self.client, op, payload)
-            if isinstance(out, tuple):
-                self._send(op, *out)
-            else:
-                self.busy = True
-                asyncio.ensure_future(out).add_done_callback(lambda f, op=op: self._done(op, f))
+        queue, client, dispatch = self.queue, self.client, self.broker._dispatch
+        while queue and not self.busy and not self.closing and self.queued < HIGH_WATER:
+            op, payload = queue.popleft()
+            self._take(op, dispatch(client, op, payload))
         # pipelined replies leave in one send: the client wakes up once
-        self._flush()
-        self._set_reading(not (self.busy or self.closing or self.queued >= HIGH_WATER))
+        if self.out:
+            self._flush()
+        if not self.lost:
+            self._update()
 
     def _done(self, op, fut):
         self.busy = False
@@ -116,8 +193,8 @@ class Connection:
         """Send what the socket takes; the rest waits for writability.  A
         descriptor rides on the first byte of its reply, so replies are
         joined up to the next one that carries a descriptor."""
-        out = self.out
-        while out and not self.lost:
+        out, sock = self.out, self.sock
+        while out:
             data, fd = out[0]
             if len(out) > 1 and out[1][1] is None:
                 parts = [data]
@@ -127,10 +204,9 @@ class Connection:
                 data = out[0][0] = b"".join(parts)
             try:
                 if fd is not None:
-                    n = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                    array.array("i", [fd]))])
+                    n = sock.sendmsg([data], [(*_SCM, array.array("i", [fd]))])
                 else:
-                    n = self.sock.send(data)
+                    n = sock.send(data)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -140,34 +216,26 @@ class Connection:
                 out[0][0], out[0][1] = data[n:], None
                 break
             out.popleft()
-        if self.lost:
-            return
-        self._set_writing(bool(out))
         if self.closing and not out:
             self._lose()
 
-    def _set_writing(self, on):
-        on = on and not self.lost
-        if on != self.writing:
-            self.writing = on
-            if on:
-                self.loop.add_writer(self.fileno, self._writable)
-            else:
-                self.loop.remove_writer(self.fileno)
-
     def _writable(self):
         self._flush()
-        if not self.lost and not self.out and not self.busy:
+        if self.lost:
+            return
+        if not self.out and not self.busy:
             self._run()
+        else:
+            self._update()
 
     # --- end --------------------------------------------------------------
     def _lose(self):
         """The connection ended (EOF, error, or our close): its leases go."""
         if self.lost:
             return
-        self._set_reading(False)
-        self._set_writing(False)
+        self._watch(0)
         self.lost = self.closing = True
         self.out.clear()
+        self.queue.clear()
         self.sock.close()
         self.broker._gone(self.client)

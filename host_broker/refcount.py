@@ -42,17 +42,24 @@ class RefCounts:
             self.pins[d] -= 1
 
     def _inc(self, keys):
+        refs, idle = self.refs, self.idle_since
         for k in keys:
-            self.refs[k] += 1
-            self.idle_since.pop(k, None)
+            if k is not None:           # None: a dlclose'd object's hole
+                refs[k] += 1
+                if k in idle:
+                    del idle[k]
 
     def _dec(self, keys):
-        now = self.clock()
+        now = None
+        refs = self.refs
         for k in keys:
-            n = self.refs[k] - 1
-            self.refs[k] = n
-            if n == 0:
-                self.idle_since[k] = now
+            if k is not None:
+                n = refs[k] - 1
+                refs[k] = n
+                if n == 0:
+                    if now is None:
+                        now = self.clock()
+                    self.idle_since[k] = now
 
     # --- leases -------------------------------------------------------
     def new_lease(self, client, keys, context=None, lease_id=None):
@@ -61,9 +68,13 @@ class RefCounts:
         elif lease_id in self.leases:
             raise KeyError(f"lease {lease_id} is already held")
         lease = Lease(lease_id, client, list(keys), context)
-        self._inc([k for k in lease.keys if k is not None])
+        self._inc(lease.keys)
         self.leases[lease_id] = lease
-        self.by_client.setdefault(client, set()).add(lease_id)
+        held = self.by_client.get(client)
+        if held is None:
+            self.by_client[client] = {lease_id}
+        else:
+            held.add(lease_id)
         return lease
 
     def extend(self, lease, keys):
@@ -83,7 +94,7 @@ class RefCounts:
 
     def release(self, lease_id):
         lease = self.leases.pop(lease_id)
-        self._dec([k for k in lease.keys if k is not None])
+        self._dec(lease.keys)
         held = self.by_client.get(lease.client)
         if held is not None:
             held.discard(lease_id)

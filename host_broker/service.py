@@ -5,6 +5,7 @@ it, however it ends. Cache hits are answered on
 the event loop; building images and plans runs in a worker thread under one
 lock, so slow builds do not stall pings, releases and cached acquires."""
 import asyncio
+import concurrent.futures
 import json
 import os
 import resource
@@ -14,8 +15,8 @@ import struct
 import time
 
 from host_broker.acquire import Acquirer, set_lease
-from host_broker.connection import Connection
-from host_broker.daemon import detach, gid_of, lock, prepare_dir, stderr_log
+from host_broker.connection import Connection, Hub
+from host_broker.daemon import PRIORITIES, detach, gid_of, lock, prepare_dir, set_priority, stderr_log
 from host_broker import journal, plancache
 from host_broker.pool import DEFAULT_SIZE, parse_size
 from host_broker.pool import unlink as pool_unlink
@@ -25,6 +26,8 @@ from loader import protocol as P
 from loader.errors import BrokerError, LdpoolError
 
 DEFAULT_LINGER = 120.0
+_PEERCRED = struct.Struct("3i")
+_HEADER_PACK = P.HEADER.pack
 
 
 def add_arguments(p):
@@ -42,6 +45,11 @@ def add_arguments(p):
                    help="keep whole images (text too) in the pool and map every page from it, for "
                         "clients that cannot see the host's files; by default the pool holds only "
                         "the pages relocation changes and host clients map the rest from the files")
+    p.add_argument("--priority", choices=PRIORITIES, default="normal",
+                   help="scheduling of the request path: normal (the default), high (nice -5, "
+                        "needs root or CAP_SYS_NICE) or batch (SCHED_BATCH: never preempts a "
+                        "starting program, but a waiting client may wait for a time slice: p99 "
+                        "several ms on a busy machine); builds always run SCHED_BATCH")
     p.add_argument("--detach", action="store_true",
                    help="start in the background; return once the socket accepts connections")
 
@@ -56,8 +64,9 @@ class Client:
 
 class Broker:
     def __init__(self, socket_path, pool_name, pool_size, linger, group=None, idle_exit=0,
-                 log=None, text_in_pool=False):
+                 log=None, text_in_pool=False, priority="normal"):
         self.socket_path, self.linger, self.group, self.idle_exit = socket_path, linger, group, idle_exit
+        self.priority = priority
         self.log = log or stderr_log
         self.pool_name = pool_name or P.default_pool_name(socket_path)
         journal = os.path.join(os.path.dirname(socket_path), self.pool_name.strip("/") + ".journal")
@@ -104,14 +113,9 @@ class Broker:
     # --- serving ----------------------------------------------------------------
     async def serve(self, ready=None):
         loop = asyncio.get_running_loop()
-        # a program started from a plan cache file wakes us without waiting
-        # for us: as SCHED_BATCH we do not preempt it on its processor (we
-        # run beside it, or after it); one that waits for an answer sleeps,
-        # so we run at once anyway.  Worker threads inherit it.
-        try:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        except (AttributeError, OSError):
-            pass
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="build",
+            initializer=set_priority(self.priority, self.log)))
         self._build_lock = asyncio.Lock()
         self._stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,12 +124,14 @@ class Broker:
                  f"{f', idle exit {self.idle_exit:g}s' if self.idle_exit else ''})")
         if ready:
             ready()
+        self.hub = Hub(loop)
         loop.add_reader(self.sock.fileno(), self._accept)
         tasks = {asyncio.ensure_future(self._tick())}
         try:
             await self._stop
         finally:
             loop.remove_reader(self.sock.fileno())
+            self.hub.close()
             for t in tasks:
                 t.cancel()
             self.sock.close()
@@ -170,11 +176,11 @@ class Broker:
                 loop.call_later(0.1, loop.add_reader, self.sock.fileno(), self._accept)
                 return
             conn.setblocking(False)
-            pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            pid, uid, gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             client = Client(self._next_client, pid, uid, gid)
             self._next_client += 1
             self.clients[client.id] = client
-            Connection(self, conn, client, loop).start()
+            Connection(self, conn, client, self.hub).start()
 
     async def _tick(self):
         while True:
@@ -202,11 +208,16 @@ class Broker:
     def _dispatch(self, client, op, payload):
         """(reply frame, fd or None), or an awaitable of it for slow requests."""
         try:
-            if op not in P.REQUEST_OPS:
+            handler = self._handlers.get(op)
+            if handler is None:
                 raise P.ProtocolError(f"unknown op {op:#x}")
-            if op != P.HELLO and not client.hello:
+            if not client.hello and op != P.HELLO:
                 raise P.ProtocolError("the first request must be HELLO")
-            out = self._handlers[op](self, client, payload)
+            out = handler(self, client, payload)
+            if type(out) is bytes:              # the usual answer: no descriptor
+                if len(out) > P.MAX_PAYLOAD:
+                    return self._reply(op, out)
+                return _HEADER_PACK(len(out), op | P.REPLY) + out, None
             if asyncio.iscoroutine(out):
                 return self._finish(client, op, out)
             return self._reply(op, out)
@@ -321,6 +332,15 @@ class Broker:
         return set_lease(acq.plan, lease.id)
 
     def _release(self, client, payload):
+        if payload[:6] == b"lease=" and payload.find(b"\0") == len(payload) - 1:
+            # the usual RELEASE, lease=N and nothing else: no key=value parse
+            try:
+                lease = self.state.refs.leases.get(int(payload[6:-1]))
+            except ValueError:
+                lease = None
+            if lease is not None and lease.client == client.id:
+                self.state.refs.release(lease.id)
+                return b""
         req = P.Request.decode(payload)
         lease = self._lease(client, req)
         objs = req.all("object")
@@ -385,12 +405,12 @@ def run(args):
     if args.detach:
         return detach(args, socket_path, pool_size, lambda: Broker(
             socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit,
-            text_in_pool=args.text_in_pool))
+            text_in_pool=args.text_in_pool, priority=args.priority))
     lockfd = lock(socket_path)          # held until the process exits
     if lockfd is None:
         raise BrokerError(f"another broker is already serving {socket_path}")
     broker = Broker(socket_path, args.pool, pool_size, args.linger, args.group, args.idle_exit,
-                    text_in_pool=args.text_in_pool)
+                    text_in_pool=args.text_in_pool, priority=args.priority)
     broker.bind()
     asyncio.run(broker.serve())
     return 0

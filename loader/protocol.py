@@ -106,37 +106,50 @@ class Request:
 
 
 class FrameDecoder:
-    """Incremental frame reassembly from arbitrary byte chunks."""
+    """Incremental frame reassembly from arbitrary byte chunks (bytes,
+    bytearray or memoryview: a chunk is never kept, only copied from)."""
 
     def __init__(self):
         self._buf = bytearray()
 
     def feed(self, data):
         """Append bytes; return the list of complete (op, payload) frames."""
-        if not self._buf and len(data) >= 8:
-            # the common case: exactly one whole request in one read
+        buf = self._buf
+        if buf:
+            buf += data
+            with memoryview(buf) as view:
+                frames, pos = _frames(view)
+            del buf[:pos]
+            return frames
+        # the common case: whole requests in one read, nothing held back
+        if len(data) >= 8:
             length, op = HEADER.unpack_from(data)
             if len(data) == 8 + length and length <= MAX_PAYLOAD:
                 return [(op, bytes(data[8:]))]
-        self._buf += data
-        frames = []
-        buf = self._buf
-        pos = 0
-        while len(buf) - pos >= 8:
-            length, op = HEADER.unpack_from(buf, pos)
-            if length > MAX_PAYLOAD:
-                raise ProtocolError(f"frame of {length} bytes exceeds the 64 MiB limit")
-            if len(buf) - pos - 8 < length:
-                break
-            frames.append((op, bytes(buf[pos + 8:pos + 8 + length])))
-            pos += 8 + length
-        if pos:
-            del buf[:pos]
+        frames, pos = _frames(data)
+        if pos < len(data):
+            buf += data[pos:]
         return frames
 
     @property
     def pending(self):
         return len(self._buf)
+
+
+def _frames(data):
+    """The complete frames at the start of data, and where they end."""
+    frames = []
+    pos, end, unpack = 0, len(data), HEADER.unpack_from
+    while end - pos >= 8:
+        length, op = unpack(data, pos)
+        if length > MAX_PAYLOAD:
+            raise ProtocolError(f"frame of {length} bytes exceeds the 64 MiB limit")
+        start = pos + 8
+        pos = start + length
+        if pos > end:
+            return frames, start - 8
+        frames.append((op, bytes(data[start:pos])))
+    return frames, pos
 
 
 # --- socket location ---------------------------------------------------------
