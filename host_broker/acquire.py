@@ -19,6 +19,7 @@ HDR_SIZE = HDR.size          # 200: struct ldp_plan_hdr (plan version 3)
 LEASE_OFF = 136
 FIRST_INDEX_OFF = 44
 CACHE_MAX = 512
+RTLD_GLOBAL = 0x100
 RECHECK = 0.05
 
 
@@ -139,10 +140,13 @@ class Acquirer:
     # resolution "res" valid for the first "n" objects of the lease (None:
     # rebuild it by replaying) with "gidx", per object of res, its global
     # index in the lease (None for glibc's family, which the lease does not
-    # count).  dlclose leaves holes in the global index space.
+    # count).  dlclose leaves holes in the global index space.  "scopes" has
+    # one character per granted dlopen, "g" for RTLD_GLOBAL: with the keys,
+    # it decides which earlier objects a plan's global scope holds.
     @staticmethod
     def lease_context(params, base=0):
-        return {"params": params, "base": base, "history": [], "res": None, "n": None, "gidx": None}
+        return {"params": params, "base": base, "history": [], "res": None, "n": None, "gidx": None,
+                "scopes": ""}
 
     def cached_library(self, lease, req):
         """The cached dlopen acquisition for this lease's object set and
@@ -159,12 +163,14 @@ class Acquirer:
     def _dl_key(self, lease, req):
         path, argv0, cwd, env, preload = lease.context["params"]
         return ((path, argv0, cwd, tuple(sorted(env.items())), tuple(preload)), tuple(lease.keys),
-                req.text("name"), req.text("requester", ""), req.int("flags", 0))
+                lease.context["scopes"], req.text("name"), req.text("requester", ""), req.int("flags", 0))
 
     def note_dlopen(self, lease, req):
         """The lease now holds what the request brought: replayable."""
         if lease.context is not None:
-            lease.context["history"].append(("open", req.text("name"), req.text("requester", "")))
+            flags = req.int("flags", 0)
+            lease.context["history"].append(("open", req.text("name"), req.text("requester", ""), flags))
+            lease.context["scopes"] += "g" if flags & RTLD_GLOBAL else "l"
 
     def note_dlclose(self, lease, indices):
         """RELEASE object=: the client unloaded these objects (global
@@ -188,7 +194,7 @@ class Acquirer:
         if not name:
             raise ProtocolError("ACQUIRE_LIBRARY needs name=")
         requester = req.text("requester", "")
-        req.int("flags", 0)
+        flags = req.int("flags", 0)
         first = len(lease.keys)
         from loader import plan, resolve
         ctx = lease.context
@@ -204,7 +210,9 @@ class Acquirer:
         pooled = [o for o in new if not o.is_glibc]
         if self.public_only:
             check_public(pooled)
-        blob = plan.build_dlopen_plan(res, new, self.store, first_index=first, old_index=old_index)
+        blob = plan.build_dlopen_plan(res, new, self.store, first_index=first, old_index=old_index,
+                                      local_objs=[o for o in res.objects if getattr(o, "dl_local", False)])
+        _set_scope(res, name, new, flags)
         nxt = iter(range(first, first + len(pooled)))
         gidx.extend(None if o.is_glibc else next(nxt) for o in new)
         placed = plan.placements(res.objects, self.store)
@@ -259,6 +267,7 @@ class Acquirer:
                 _forget(res, gidx, event[1])
                 continue
             new = resolve.resolve_dlopen(res, event[1], _find_requester(res, event[2]))
+            _set_scope(res, event[1], new, event[3])
             count = sum(not o.is_glibc for o in new)
             number(new, iter(range(nxt, nxt + count)))
             nxt += count
@@ -269,6 +278,27 @@ class Acquirer:
             raise unusable
         ctx["res"], ctx["n"], ctx["gidx"] = res, len(lease.keys), gidx
         return res
+
+
+def _set_scope(res, name, new, flags):
+    """Objects a dlopen brought in stay out of the global scope unless it
+    was RTLD_GLOBAL, which (as glibc's add_to_global) adds the root's whole
+    search list, also to an object loaded before."""
+    root = new[0] if new else res.state.find_loaded(name)
+    if root is None:
+        return
+    if not flags & RTLD_GLOBAL:
+        for o in new:
+            o.dl_local = True
+        return
+    queue, seen = [root], set()
+    while queue:
+        o = queue.pop(0)
+        if o is None or id(o) in seen:
+            continue
+        seen.add(id(o))
+        o.dl_local = False
+        queue.extend(o.deps)
 
 
 def _forget(res, gidx, drop):

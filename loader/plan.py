@@ -160,14 +160,16 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
 
 
 def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, lease=0,
-                      with_stats=False, text_in_pool=None, old_index=None):
+                      with_stats=False, text_in_pool=None, old_index=None, local_objs=()):
     """The plan of a dlopen: `new` are the objects resolve_dlopen added to
     `resolution` (already appended to resolution.objects), the root first.
     They are relocated as glibc does: global scope (the objects loaded
     before), then the root's own breadth-first dependency list.  Their TLS
     is dynamic (tls_tpoff 0, tls_modid set); the launcher gives those that
     static TLS accesses target (TPOFF, TLSDESC fixups) a static block of
-    its reserve at dlopen time, as glibc does from its surplus."""
+    its reserve at dlopen time, as glibc does from its surplus.
+    `local_objs`: objects loaded before by dlopen(RTLD_LOCAL), which are not
+    in the global scope (ids, or the objects)."""
     objs = resolution.objects
     bind_now = bind_now or _env_bind_now(resolution)
     text_in_pool = _text_in_pool(source, text_in_pool)
@@ -187,8 +189,9 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
         seen.add(id(o))
         local.append(pos[id(o)])
         queue.extend(o.deps)
-    n_global = min(planned)
-    scope = Scope(entries, global_count=n_global, local_scopes={k: local for k in planned})
+    hidden = {id(o) for o in local_objs}
+    glob = [k for k in range(min(planned)) if id(objs[k]) not in hidden]
+    scope = Scope(entries, global_count=glob, local_scopes={k: local for k in planned})
     pooled = [k for k in sorted(planned) if k in placed]
     order = [pos[id(o)] for o in init_order([objs[k] for k in local], force_first=False)]
     init = [k for k in order if k in planned and k in placed]

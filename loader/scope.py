@@ -5,7 +5,9 @@
     lookup order (main program first, then load order, breadth-first); an
     object's index in the scope is its position in this list.
     global_count: how many leading entries form the global scope (default:
-    all).  Entries past it are objects dlopen'ed RTLD_LOCAL.
+    all), or the list of the global scope's indices in lookup order (for a
+    dlopen after RTLD_LOCAL ones: those are left out).  Entries not in it
+    are objects dlopen'ed RTLD_LOCAL.
     local_scopes: {index: [indices]}: the local search list of an object
     loaded by dlopen(RTLD_LOCAL): the dlopen root's search list (the root,
     then its dependency closure breadth-first), the same list for the root
@@ -62,16 +64,20 @@ class Scope:
     def __init__(self, entries, global_count=None, local_scopes=None, main_is_exec=None):
         self.entries = [(e, int(a), bool(g)) for e, a, g in entries]
         n = len(self.entries)
-        self.global_count = n if global_count is None else global_count
+        if global_count is None or isinstance(global_count, int):
+            glob = list(range(n if global_count is None else global_count))
+        else:
+            glob = list(global_count)
+        self.global_count = len(glob)
         self.local_scopes = dict(local_scopes or {})
-        glob = list(range(self.global_count))
+        in_global = set(glob)
         if main_is_exec is None:
             main_is_exec = bool(n) and _looks_like_program(self.entries[0][0])
         self.main_is_exec = main_is_exec
         scopes = []
         for i in range(n):
             local = self.local_scopes.get(i)
-            if local is None and i >= self.global_count:
+            if local is None and i not in in_global:
                 local = [i]
             # DT_SYMBOLIC: the object itself first (not for the program: glibc)
             symbolic = DT["SYMBOLIC"] in self.entries[i][0].dyn and not (i == 0 and main_is_exec)

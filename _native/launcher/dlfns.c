@@ -84,7 +84,13 @@ static void *dlopen_locked(const char *file, int mode, void *caller)
     struct ldp_rt *r = ldp_find_name(file);
     if (r) {
         r->refcount++;
-        if (mode & RTLD_GLOBAL) r->global = 1;
+        if ((mode & RTLD_GLOBAL) && !r->global) {
+            /* glibc's add_to_global: the object's whole search list (the
+             * broker is not told: later dlopen plans still bind as if it
+             * were local, docs/launcher.md) */
+            ldp_rt_deps(r);
+            for (uint32_t k = 0; k < r->ndeps; k++) ldp_objs[r->deps[k]]->global = 1;
+        }
         if (mode & RTLD_NODELETE) r->nodelete = 1;
         return r;
     }
