@@ -54,6 +54,8 @@ class Hub:
                     c._readable()
                 if c.mask & _OUT and ev & (_OUT | _GONE) and not c.lost:
                     c._writable()
+            if len(events) == 1:      # a lone request: little chance another came meanwhile
+                return
 
     def close(self):
         """Stop serving (connections stay open until the process exits:
