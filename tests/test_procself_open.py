@@ -9,6 +9,7 @@ from launcher_helpers import env, same  # noqa: F401  (env is a fixture)
 SRC = r"""
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,16 @@ int main(int argc, char **argv) {
     check("status", open("/proc/self/status", O_RDONLY));
     check("other pid", open("/proc/1/exe", O_RDONLY));
     check("exe/", open("/proc/self/exe/", O_RDONLY));
+    /* readlink and realpath, fortified too (__readlink_chk with a length
+     * not known at compile time, __realpath_chk) */
+    char want[PATH_MAX], got[PATH_MAX] = {0}, rp[PATH_MAX];
+    if (!realpath(argv[1], want)) return 3;
+    size_t len = argc > 5 ? 8 : sizeof got - 1;
+    ssize_t n = readlink("/proc/self/exe", got, len);
+    printf("readlink: %s\n", n > 0 && strcmp(got, want) == 0 ? "the program" : "something else");
+    n = readlinkat(AT_FDCWD, pid, got, len);
+    printf("readlinkat: %s\n", n > 0 && strcmp(got, want) == 0 ? "the program" : "something else");
+    printf("realpath: %s\n", realpath("/proc/self/exe", rp) && strcmp(rp, want) == 0 ? "the program" : "something else");
     /* openat(fd of /proc/self, "exe") is not redirected (only the exact
      * absolute names are): a known limit, see docs/launcher.md */
     return 0;
@@ -53,4 +64,4 @@ def test_open_proc_self_exe_opens_the_program(env, tmp_path):
         subprocess.run(["gcc", *opt.split(), "-o", "o", "o.c"], check=True, cwd=tmp_path)
         r = same([str(tmp_path / "o"), str(tmp_path / "o")], env, cwd=tmp_path)
         out = r.stdout.decode()
-        assert out.count(": the program") == 7 and "magic: ELF" in out, out
+        assert out.count(": the program") == 10 and "magic: ELF" in out, out

@@ -101,6 +101,34 @@ char *ldp_realpath(const char *path, char *resolved)
     return strcpy(resolved, e);
 }
 
+/* the _FORTIFY_SOURCE forms (python3 and cmake call __realpath_chk) */
+extern ssize_t __readlink_chk(const char *, char *, size_t, size_t);
+extern ssize_t __readlinkat_chk(int, const char *, char *, size_t, size_t);
+extern char *__realpath_chk(const char *, char *, size_t);
+extern void __chk_fail(void) __attribute__((noreturn));
+
+ssize_t ldp_readlink_chk(const char *path, char *buf, size_t size, size_t buflen)
+{
+    const char *e = redirect(path);
+    if (e == path) return __readlink_chk(path, buf, size, buflen);
+    if (size > buflen) __chk_fail();
+    return answer(e, buf, size);
+}
+
+ssize_t ldp_readlinkat_chk(int dirfd, const char *path, char *buf, size_t size, size_t buflen)
+{
+    const char *e = redirect(path);
+    if (e == path) return __readlinkat_chk(dirfd, path, buf, size, buflen);
+    if (size > buflen) __chk_fail();
+    return answer(e, buf, size);
+}
+
+/* the real path of the real path is itself */
+char *ldp_realpath_chk(const char *path, char *resolved, size_t resolvedlen)
+{
+    return __realpath_chk(redirect(path), resolved, resolvedlen);
+}
+
 /* open's third argument exists only with O_CREAT or O_TMPFILE */
 #define MODE_ARG(flags, mode) do { if ((flags) & (O_CREAT | __O_TMPFILE)) { va_list ap; va_start(ap, flags); \
         mode = va_arg(ap, int); va_end(ap); } } while (0)
