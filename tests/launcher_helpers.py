@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-SOCKDIR = f"/tmp/ldpool-test-{os.getuid()}"
+# LDPOOL_TEST_SOCKDIR: a private test broker (trees tested side by side)
+SOCKDIR = os.environ.get("LDPOOL_TEST_SOCKDIR") or f"/tmp/ldpool-test-{os.getuid()}"
 TIMEOUT = 300          # first runs pre-relocate big libraries (libLLVM) in the broker
 
 

@@ -132,7 +132,8 @@ def test_launcher_dlopen_after_restart_comes_from_the_pool(env, tmp_path):
     (no SIGPIPE either); its next dlopen starts a broker again, RECLAIMs its
     lease (which carries its program) and is served from the pool (no ld.so
     notice)."""
-    sockdir = f"/tmp/ldpool-test-{os.getuid()}/h9-restart"
+    from launcher_helpers import SOCKDIR
+    sockdir = f"{SOCKDIR}/h9-restart"
     os.makedirs(sockdir, mode=0o700, exist_ok=True)
     e = dict(env, LDPOOL_SOCKET=f"{sockdir}/broker.sock")
     (tmp_path / "plug.c").write_text("int plug(int x) { return x * 3; }\n")

@@ -12,7 +12,7 @@ import pytest
 
 def _run_suite(shared, prefix, tmp_path):
     env = dict(os.environ)
-    sockdir = f"/tmp/ldpool-test-{os.getuid()}"             # the test broker, started on demand
+    from launcher_helpers import SOCKDIR as sockdir          # the test broker, started on demand
     os.makedirs(sockdir, mode=0o700, exist_ok=True)
     env["LDPOOL_SOCKET"] = f"{sockdir}/broker.sock"
     env["TMPDIR"] = str(tmp_path)
