@@ -19,6 +19,7 @@ reply (`_native/launcher/fastpath.c`). docs/protocol.md has the format:
 
 Everything is 8-aligned; files are written whole (temporary name + rename)
 in the per-user socket directory, mode 0600."""
+import collections
 import itertools
 import os
 import struct
@@ -28,6 +29,7 @@ VERSION = 1
 HDR = struct.Struct("<8sII QQ QQQQ II QQQQQ")
 PIN = struct.Struct("<QQ")
 PUBLISHED_MAX = 1024
+FILES_MAX = 2048            # the directory may be a small tmpfs ($XDG_RUNTIME_DIR): oldest go first
 _FNV_OFFSET, _FNV_PRIME, _M64 = 0xcbf29ce484222325, 0x100000001b3, (1 << 64) - 1
 
 
@@ -73,8 +75,10 @@ class PlanCache:
     def __init__(self, directory, state, log=print):
         self.dir, self.state, self.log = directory, state, log
         self._published = {}          # payload -> the Acquisition last written for it
+        self._files = collections.OrderedDict()   # file names, oldest first
         self._seq = itertools.count()
         self._broken = False
+        self._known = False
 
     def wipe(self):
         """A new epoch: no file of the old one may stay (the launcher would
@@ -91,6 +95,8 @@ class PlanCache:
                 os.unlink(os.path.join(self.dir, n))
             except OSError:
                 pass
+        self._files.clear()
+        self._known = True
 
     def publish(self, payload, acq):
         """Called on every grant of a program acquisition: one dict lookup
@@ -103,8 +109,9 @@ class PlanCache:
             return                      # no slot (yet): the slow path serves it
         cache_id = next((sid[:4] for path, sid in acq.files if path == "/etc/ld.so.cache"), None)
         data = encode(payload, acq.plan, st.epoch, st.pool_name, st.pool.size, cache_id, pins)
+        name = file_name(payload)
         try:
-            self._write(file_name(payload), data)
+            self._write(name, data)
         except OSError as e:
             self._broken = True         # say it once; starts still work (slow path)
             self.log(f"plan cache {self.dir}: {e.strerror}; the start-up fast path is off")
@@ -112,6 +119,26 @@ class PlanCache:
         if len(self._published) >= PUBLISHED_MAX:
             self._published.clear()
         self._published[bytes(payload)] = acq
+        self._bound(name)
+
+    def _bound(self, name):
+        """At most FILES_MAX files: the least recently written go (a
+        re-attached broker first adopts what its predecessor wrote)."""
+        if not self._known:
+            self._known = True
+            try:
+                old = [(e.stat().st_mtime_ns, e.name) for e in os.scandir(self.dir) if not e.name.startswith(".")]
+            except OSError:
+                old = []
+            self._files.update((n, None) for _t, n in sorted(old))
+        self._files[name] = None
+        self._files.move_to_end(name)
+        while len(self._files) > FILES_MAX:
+            old, _ = self._files.popitem(last=False)
+            try:
+                os.unlink(os.path.join(self.dir, old))
+            except OSError:
+                pass
 
     def _write(self, name, data):
         try:

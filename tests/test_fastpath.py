@@ -328,3 +328,33 @@ def test_pins_survive_a_broker_restart(tmp_path):
     finally:
         st.close()
         posix_ipc.unlink_shared_memory(name)
+
+
+def test_plan_cache_directory_is_bounded(tmp_path, monkeypatch):
+    """The directory may be a small tmpfs: the least recently written files
+    go first (real broker state, pool and plans; the bound made small)."""
+    from host_broker.acquire import Acquirer
+    from host_broker.state import BrokerState
+    from loader import protocol as P
+    monkeypatch.setattr(plancache, "FILES_MAX", 2)
+    name = f"/ldpool-test-{uuid.uuid4().hex[:12]}"
+    st = BrokerState(name, 256 << 20, str(tmp_path / "j.journal"), linger=60, log=lambda m: None)
+    try:
+        acq = Acquirer(st.store, log=lambda m: None)
+        plans = plancache.PlanCache(str(tmp_path / "s.plans"), st, log=lambda m: None)
+        names = []
+        for prog in ("/usr/bin/xz", "/usr/bin/gzip", "/usr/bin/zstd"):
+            payload = P.encode_kv([("path", prog), ("argv0", prog), ("cwd", "/")])
+            a = acq.program(P.Request.decode(payload), payload)
+            st.flush()
+            plans.publish(payload, a)
+            plans.publish(payload, a)                  # once per acquisition
+            names.append(plancache.file_name(payload))
+        assert sorted(os.listdir(tmp_path / "s.plans")) == sorted(names[1:])
+        data = open(tmp_path / "s.plans" / names[2], "rb").read()
+        hdr = plancache.HDR.unpack_from(data)
+        assert (hdr[0], hdr[3], hdr[9]) == (plancache.MAGIC, st.epoch, len(a.keys))
+        assert data[hdr[14]:hdr[14] + hdr[15]] == a.plan
+    finally:
+        st.close()
+        posix_ipc.unlink_shared_memory(name)
