@@ -174,7 +174,7 @@ struct _IO_FILE *ldp_fopen64(const char *path, const char *mode);
 char **ldp_backtrace_symbols(void *const *array, int size);
 void ldp_backtrace_symbols_fd(void *const *array, int size, int fd);
 
-/* ---- broker client (broker.c) ---- */
+/* ---- broker client (broker.c: the connection; lease.c: the program's lease) ---- */
 extern int ldp_broker_fd, ldp_pool_fd;
 extern int ldp_debug_mode;           /* --plan/--pool: no broker */
 extern int ldp_keep_preload;         /* LD_PRELOAD stays with ld.so (interposers) */
