@@ -18,6 +18,7 @@ from host_broker.acquire import Acquirer, set_lease
 from host_broker.connection import Connection, Hub
 from host_broker.daemon import PRIORITIES, detach, gid_of, lock, prepare_dir, set_priority, stderr_log
 from host_broker import journal, plancache
+from host_broker.fastdoor import FastDoor
 from host_broker.pool import DEFAULT_SIZE, parse_size
 from host_broker.pool import unlink as pool_unlink
 from host_broker.state import BrokerState
@@ -109,6 +110,7 @@ class Broker:
         sock.setblocking(False)
         self.sock = sock
         self._sock_ino = os.stat(path).st_ino
+        self.fast_door = FastDoor.bind(path)     # for the plan cache fast path
 
     # --- serving ----------------------------------------------------------------
     async def serve(self, ready=None):
@@ -126,11 +128,13 @@ class Broker:
             ready()
         self.hub = Hub(loop)
         loop.add_reader(self.sock.fileno(), self._accept)
+        self.fast_door.start(loop, self._adopt)
         tasks = {asyncio.ensure_future(self._tick())}
         try:
             await self._stop
         finally:
             loop.remove_reader(self.sock.fileno())
+            self.fast_door.close()
             self.hub.close()
             for t in tasks:
                 t.cancel()
@@ -175,12 +179,17 @@ class Broker:
                 loop.remove_reader(self.sock.fileno())
                 loop.call_later(0.1, loop.add_reader, self.sock.fileno(), self._accept)
                 return
-            conn.setblocking(False)
-            pid, uid, gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            client = Client(self._next_client, pid, uid, gid)
-            self._next_client += 1
-            self.clients[client.id] = client
-            Connection(self, conn, client, self.hub).start()
+            self._adopt(conn)
+
+    def _adopt(self, conn):
+        """A new client (from either socket), answered at once if its
+        request is already there."""
+        conn.setblocking(False)
+        pid, uid, gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        client = Client(self._next_client, pid, uid, gid)
+        self._next_client += 1
+        self.clients[client.id] = client
+        Connection(self, conn, client, self.hub).start()
 
     async def _tick(self):
         while True:

@@ -95,6 +95,35 @@ def test_second_start_takes_the_fast_path(broker, env):
     assert broker.stats()["totals"]["consistent"]
 
 
+def test_fast_door(broker, env):
+    """Fast-path clients announce themselves at <socket>.fast (accepted by a
+    SCHED_BATCH thread); without it (an older broker) at the socket itself."""
+    import stat
+    door = broker.socket + ".fast"
+    e = _env(env, broker)
+    want = native([XZ, "-c"], e, input=b"door").stdout
+    for without_door in (False, True):
+        if without_door:
+            broker.kill(signal.SIGTERM)                # the stopping broker removes both sockets
+            assert not os.path.exists(broker.socket) and not os.path.exists(door)
+            broker.start()
+            os.unlink(door)
+        else:
+            st = os.stat(door)
+            assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        pooled(["xz", "-c"], e, input=b"door")
+        p = subprocess.Popen(["ldpool-exec", "--no-fallback", "xz", "-c"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
+        try:
+            wait_for(lambda: [c for c in others(broker.stats()) if c["pid"] == p.pid and c["leases"] == 1],
+                     what="the broker to count the client")
+            out, err = p.communicate(b"door", timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert (p.returncode, out, _path(err)) == (0, want, "fast")
+
+
 def test_replaced_program_is_not_run_with_the_stale_plan(broker, env, tmp_path):
     e = _env(env, broker, LDPOOL_DEBUG="1")
     prog = tmp_path / "prog"
