@@ -18,6 +18,7 @@ class FastDoor:
     def __init__(self, sock, path):
         self.sock, self.path = sock, path
         self._ino = os.stat(path).st_ino
+        self._nice = os.getpriority(os.PRIO_PROCESS, 0)   # before --priority changes the loop's
 
     @classmethod
     def bind(cls, socket_path):
@@ -42,8 +43,9 @@ class FastDoor:
         threading.Thread(target=self._run, args=(loop, adopt), name="fastdoor", daemon=True).start()
 
     def _run(self, loop, adopt):
-        try:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))   # this thread only
+        try:   # this thread only (Linux): batch, at the starting nice value
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, 0, self._nice)
         except (AttributeError, OSError):
             pass
         while True:
