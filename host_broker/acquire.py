@@ -20,7 +20,7 @@ LEASE_OFF = 136
 FIRST_INDEX_OFF = 44
 CACHE_MAX = 512
 RTLD_GLOBAL = 0x100
-RECHECK = 0.05
+RECHECK = 0.0        # seconds a cached plan's files are trusted without stat
 
 
 class Acquisition:
@@ -101,10 +101,10 @@ class Acquirer:
             rec = images.get(k)
             if rec is None or rec.placed is not placed:
                 return False
-        # files are re-checked at most every RECHECK seconds: a burst of
-        # starts costs one round of stat calls, and a program replaced on
-        # disk is seen within RECHECK (the old plan stays consistent: its
-        # images are the old version's)
+        # every start stats the plan's files (a few microseconds): a plan
+        # trusted for a while after its program was replaced on disk would
+        # map text that the launcher's identity check then refuses (exit
+        # 127) instead of planning the new file
         now = time.monotonic()
         if now - acq.checked < RECHECK:
             return True

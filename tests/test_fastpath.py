@@ -24,8 +24,8 @@ from host_broker.pool import PIN_OFF
 
 XZ = "/usr/bin/xz"
 LZMA = "/lib/x86_64-linux-gnu/liblzma.so.5"
-# the broker looks at a cached plan's files at most this often (acquire.RECHECK)
-RECHECK = 0.1
+# the broker stats a cached plan's files on every start (acquire.RECHECK): no wait
+RECHECK = 0.0
 
 
 @pytest.fixture
