@@ -14,6 +14,8 @@ from collections import Counter
 from _native import apply as napply
 from _native import reloc
 from loader import planformat as pf
+from loader.elfconst import SHN_ABS, SHN_UNDEF, STT_FUNC, STT_GNU_IFUNC, STT_OBJECT
+from loader.elf import VERSYM_HIDDEN
 from loader.errors import ElfError, ResolveError
 from loader.imports import import_name
 from loader.stubs import stub_index
@@ -47,6 +49,56 @@ class Imports:
             weak = row[2] & flags & pf.IMP_WEAK     # strong anywhere: strong
             row[2] = ((row[2] | flags) & ~pf.IMP_WEAK) | weak
         return i
+
+
+# Names ldpool-exec answers before libc: its override table (the top of
+# _native/launcher/fixup.c) and its own dynamic exports (RTLD_DEFAULT
+# searches the launcher first).  tests/test_import_values.py checks this
+# against the built launcher, so it cannot drift.
+LAUNCHER_NAMES = frozenset("""
+    __libc_start_main dlopen dlsym dlvsym dlclose dlerror dladdr dladdr1 dlinfo
+    dl_iterate_phdr _dl_find_object __tls_get_addr readlink readlinkat realpath
+    __readlink_chk __readlinkat_chk __realpath_chk open open64 openat openat64
+    __open_2 __open64_2 __openat_2 __openat64_2 fopen fopen64
+    backtrace_symbols backtrace_symbols_fd""".split())
+
+
+def libc_values(imports, libc):
+    """Precompute, for each import that dlvsym(RTLD_DEFAULT) is certain to
+    find in `libc` (an ElfFile of libc.so.6), its st_value and whether it
+    is an IFUNC, so the launcher adds libc's load bias instead of calling
+    dlvsym.  Returns libc's build-id (the launcher uses the values only for
+    that libc), or b"" when nothing is precomputed.  Left to dlvsym: names
+    the launcher answers, TLS, symbols libc does not define, anything but
+    a plain function/object/IFUNC, and unversioned references to a name
+    whose definition is not libc's default version."""
+    bid = libc.build_id
+    if not bid or len(bid) > pf.BUILD_ID_MAX:
+        return b""
+    from loader.scope import Scope       # the lookup engine, glibc's rules
+    scope = Scope([(libc, 0, True)], main_is_exec=False)
+    vs = libc.versym
+    for (name, ver), i in imports.index.items():
+        row = imports.rows[i]
+        if row[2] & pf.IMP_TLS or name in LAUNCHER_NAMES:
+            continue
+        found = scope.lookup(name, ver, newest=True)
+        if found is None:
+            continue
+        sym = libc.symbol(found[1])
+        stype = sym.info & 0xF
+        if stype not in (STT_FUNC, STT_OBJECT, STT_GNU_IFUNC) or sym.shndx in (SHN_UNDEF, SHN_ABS):
+            continue
+        if vs is not None:
+            v = vs[found[1]]
+            if v & VERSYM_HIDDEN and ver is None:
+                continue                  # dlsym never returns a hidden version
+            vd = libc.versions.get(v & ~VERSYM_HIDDEN)
+            if ver is not None and (vd is None or vd.name != ver):
+                continue                  # dlvsym matches the version exactly
+        row[2] |= pf.IMP_LIBC | (pf.IMP_IFUNC if stype == STT_GNU_IFUNC else 0)
+        row.append(sym.value)
+    return bid
 
 
 SLOT_BIND_NOW = 1

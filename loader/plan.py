@@ -31,7 +31,7 @@ from loader import planformat as pf
 from loader.elf import DT, DF_1_NODELETE, PT_DYNAMIC, PT_GNU_EH_FRAME, PT_PHDR, PT_TLS
 from loader.errors import ResolveError
 from loader.scope import Scope
-from loader.fixups import Imports, object_fixups
+from loader.fixups import Imports, libc_values, object_fixups
 from loader.image import image_key, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, relro_range
 from loader.initorder import init_order
 from loader.interpose import interpositions
@@ -272,6 +272,9 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
         eh = elf.segment(PT_GNU_EH_FRAME)
         rec["eh_frame_hdr"] = base + eh.vaddr if eh is not None else 0
         data.objects.append(rec)
+    libc = next((e for e, _, g in entries if g and e.soname == "libc.so.6"), None)
+    if libc is not None:
+        data.libc_build_id = libc_values(ctx.imports, libc)
     data.imports = ctx.imports.rows
     data.slots = [(k, imp, g, flags) for k, (imp, g, flags) in sorted(ctx.slots.items())]
     data.init = [gindex[k] for k in init]

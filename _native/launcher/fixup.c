@@ -1,5 +1,6 @@
-/* Per-process fixups: resolve a plan's imports (launcher overrides first,
- * then glibc's family through dlvsym), then run the per-record loop over
+/* Per-process fixups: resolve a plan's imports (libc's own from the plan's
+ * st_values when the libc matches, else launcher overrides first, then
+ * glibc's family through dlvsym), then run the per-record loop over
  * the small ldp_fix vocabulary, objects in reverse load order as ld.so
  * relocates.  COPY relocations of glibc data also repoint glibc's own GOT
  * slots at the program's copy, which is what ld.so's interposition does. */
@@ -105,17 +106,101 @@ static uint64_t slot_value(struct ldp_plan *p, const struct ldp_slot *s, char *e
     return 0;
 }
 
+/* ---- libc's own imports without dlvsym: l_addr + st_value from the plan,
+ * when this process's libc is the one the plan was built from and nothing
+ * sits before it in RTLD_DEFAULT but the launcher (whose names the plan
+ * builder leaves to dlvsym) ---- */
+struct libc_here { int known; uint64_t l_addr, span; };
+
+static struct libc_here *libc_here(void)
+{
+    static struct libc_here lc;
+    if (lc.known) return &lc;
+    lc.known = 1;
+    void *h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    struct link_map *m = NULL;
+    if (!h || dlinfo(h, RTLD_DI_LINKMAP, &m) < 0 || !m) return &lc;
+    /* RTLD_DEFAULT searches in load order: an LD_PRELOAD or /etc/ld.so.preload
+     * object before libc could define anything */
+    for (struct link_map *q = m->l_prev; q; q = q->l_prev)
+        if (q->l_prev && strncmp(q->l_name, "linux-vdso.so", 13) != 0) return &lc;
+    const Elf64_Ehdr *e = (const Elf64_Ehdr *)m->l_addr;
+    if (memcmp(e->e_ident, ELFMAG, SELFMAG) != 0 || e->e_phentsize != sizeof(Elf64_Phdr)) return &lc;
+    const Elf64_Phdr *ph = (const Elf64_Phdr *)(m->l_addr + e->e_phoff);
+    uint64_t span = 0;
+    for (int i = 0; i < e->e_phnum; i++)
+        if (ph[i].p_type == PT_LOAD && ph[i].p_vaddr + ph[i].p_memsz > span) span = ph[i].p_vaddr + ph[i].p_memsz;
+    lc.l_addr = m->l_addr;
+    lc.span = span;
+    return &lc;
+}
+
+/* Whether this process's libc has the plan's build-id (read once per libc
+ * from its PT_NOTE in memory). */
+static int libc_matches(struct ldp_plan *p, struct libc_here *lc)
+{
+    static uint8_t id[LDP_BUILD_ID_MAX];
+    static int idlen = -1;
+    if (!lc->span || !p->h->libc_build_id_len) return 0;
+    if (idlen < 0) {
+        idlen = 0;
+        const Elf64_Ehdr *e = (const Elf64_Ehdr *)lc->l_addr;
+        const Elf64_Phdr *ph = (const Elf64_Phdr *)(lc->l_addr + e->e_phoff);
+        for (int i = 0; i < e->e_phnum && !idlen; i++) {
+            if (ph[i].p_type != PT_NOTE) continue;
+            const unsigned char *n = (const unsigned char *)(lc->l_addr + ph[i].p_vaddr), *end = n + ph[i].p_memsz;
+            while (n + sizeof(Elf64_Nhdr) <= end) {
+                const Elf64_Nhdr *nh = (const Elf64_Nhdr *)n;
+                const unsigned char *name = n + sizeof *nh, *desc = name + ((nh->n_namesz + 3) & ~3u);
+                if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 && memcmp(name, "GNU", 4) == 0 &&
+                    nh->n_descsz <= LDP_BUILD_ID_MAX && desc + nh->n_descsz <= end) {
+                    memcpy(id, desc, nh->n_descsz);
+                    idlen = (int)nh->n_descsz;
+                    break;
+                }
+                n = desc + ((nh->n_descsz + 3) & ~3u);
+            }
+        }
+    }
+    return idlen && (uint32_t)idlen == p->h->libc_build_id_len && memcmp(id, p->h->libc_build_id, idlen) == 0;
+}
+
+static void *by_name(const struct ldp_plan *p, const struct ldp_import *im, const char *name)
+{
+    if (im->version != LDP_NONE) return dlvsym(RTLD_DEFAULT, name, ldp_str(p, im->version));
+    return dlsym(RTLD_DEFAULT, name);
+}
+
 int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen)
 {
     uint32_t n = p->h->nimport;
     p->imp_addr = calloc(n ? n : 1, sizeof *p->imp_addr);
+    /* an interposer preloaded into the launcher binds glibc's own names in
+     * RTLD_DEFAULT: then every import asks dlvsym */
+    struct libc_here *lc = libc_here();
+    int pre = !ldp_keep_preload && libc_matches(p, lc);
+    static int check = -1;
+    if (check < 0) check = getenv("LDPOOL_CHECK_IMPORTS") != NULL && strcmp(getenv("LDPOOL_CHECK_IMPORTS"), "0") != 0;
+    uint32_t npre = 0;
     for (uint32_t i = 0; i < n; i++) {
         const struct ldp_import *im = &p->imp[i];
         const char *name = ldp_str(p, im->name);
-        void *a = ldp_override(name);
-        if (!a) {
-            if (im->version != LDP_NONE) a = dlvsym(RTLD_DEFAULT, name, ldp_str(p, im->version));
-            else a = dlsym(RTLD_DEFAULT, name);
+        void *a;
+        if (pre && (im->flags & LDP_IMP_LIBC) && im->value < lc->span) {
+            a = (void *)(lc->l_addr + im->value);
+            if (im->flags & LDP_IMP_IFUNC) a = ((void *(*)(void))a)();
+            npre++;
+            if (check) {
+                void *b = ldp_override(name);
+                if (!b) b = by_name(p, im, name);
+                if (a != b)
+                    ldp_die(127, "LDPOOL_CHECK_IMPORTS: %s%s%s: libc value %p, dlvsym %p", name,
+                            im->version != LDP_NONE ? "@" : "", im->version != LDP_NONE ? ldp_str(p, im->version) : "",
+                            a, b);
+            }
+        } else {
+            a = ldp_override(name);
+            if (!a) a = by_name(p, im, name);
         }
         if (!a && !(im->flags & LDP_IMP_WEAK)) {
             /* decided per fixup: lazily bound calls fail only when made */
@@ -124,6 +209,8 @@ int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errle
         }
         p->imp_addr[i] = (uint64_t)a;
     }
+    if (ldp_debug) ldp_note("debug: imports: %u of %u from libc values (libc %s)", npre, n,
+                            pre ? "matches the plan" : "differs or is not certain: dlvsym");
     (void)lazy_ok;
     /* the epoch's slot table: the stubs pooled code calls glibc through */
     if (ldp_slots_map(p, ldp_pool_fd, err, errlen) < 0) return -1;

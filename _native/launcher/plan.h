@@ -7,14 +7,18 @@
  * program: the plan's fixups say exactly what to write where.  The only
  * names it resolves are imports from glibc's family (dlvsym, after its own
  * override table), because glibc sits at a different address in every
- * process.
+ * process; imports the plan builder found in libc.so.6 itself carry their
+ * st_value, used instead of dlvsym when the process's libc has the plan's
+ * build-id (LDP_IMP_LIBC).
  */
 #ifndef LDPOOL_PLAN_H
 #define LDPOOL_PLAN_H
 #include <stdint.h>
 
 #define LDP_PLAN_MAGIC "LDPPLAN1"
-#define LDP_PLAN_VERSION 3   /* 2: ldp_obj file identity, LDP_SEG_FILE; 3: the epoch's stub region and slot table */
+#define LDP_PLAN_VERSION 4   /* 2: ldp_obj file identity, LDP_SEG_FILE; 3: the epoch's stub region and slot table;
+                                4: libc st_values of imports (LDP_IMP_LIBC), libc_build_id */
+#define LDP_BUILD_ID_MAX 32
 #define LDP_NONE 0xFFFFFFFFu
 
 struct ldp_plan_hdr {
@@ -36,8 +40,10 @@ struct ldp_plan_hdr {
      * stubs_addr 0: no stubs (then nslot is 0). */
     uint64_t stubs_addr, stubs_size, stubs_pool_off;
     uint64_t slots_addr, slots_size;
-    uint32_t nslot, reserved2;    /* nslot struct ldp_slot at off_slot */
+    uint32_t nslot;               /* nslot struct ldp_slot at off_slot */
+    uint32_t libc_build_id_len;   /* 0: no LDP_IMP_LIBC import */
     uint64_t off_slot;
+    uint8_t libc_build_id[LDP_BUILD_ID_MAX];   /* GNU build-id of the libc.so.6 the values are for */
 };
 
 enum {
@@ -120,11 +126,15 @@ struct ldp_fix {
     uint64_t aux;
 };
 
-enum { LDP_IMP_WEAK = 1, LDP_IMP_FUNC = 2, LDP_IMP_TLS = 4 };
+/* LDP_IMP_LIBC: dlvsym(RTLD_DEFAULT) finds this import in libc.so.6 (never
+ * in the launcher), at libc's l_addr + value; LDP_IMP_IFUNC: value is an
+ * IFUNC resolver, called without arguments as ld.so does on x86-64. */
+enum { LDP_IMP_WEAK = 1, LDP_IMP_FUNC = 2, LDP_IMP_TLS = 4, LDP_IMP_LIBC = 8, LDP_IMP_IFUNC = 16 };
 
 struct ldp_import {
     uint32_t name, version;   /* version LDP_NONE: unversioned */
     uint32_t flags, reserved;
+    uint64_t value;           /* st_value in libc (LDP_IMP_LIBC) or 0 */
 };
 
 /* Slot `index` of the slot table gets the address of import `import`.  `obj`

@@ -175,9 +175,20 @@ int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t poo
         if (!str_ok(p, p->glibc[i])) BAD("glibc name %u out of bounds", i);
     for (uint32_t i = 0; i < h->ninit; i++)
         if (p->init[i] >= nglobal) BAD("init order entry %u out of range", i);
-    for (uint32_t i = 0; i < h->nimport; i++)
-        if (!str_ok(p, p->imp[i].name) || (p->imp[i].version != LDP_NONE && !str_ok(p, p->imp[i].version)))
+    if (h->libc_build_id_len > LDP_BUILD_ID_MAX) BAD("libc build-id of %u bytes", h->libc_build_id_len);
+    for (uint32_t i = 0; i < h->nimport; i++) {
+        const struct ldp_import *im = &p->imp[i];
+        if (!str_ok(p, im->name) || (im->version != LDP_NONE && !str_ok(p, im->version)))
             BAD("import %u: name out of bounds", i);
+        uint32_t known = LDP_IMP_WEAK | LDP_IMP_FUNC | LDP_IMP_TLS | LDP_IMP_LIBC | LDP_IMP_IFUNC;
+        if (im->flags & ~known) BAD("import %u: unknown flags %#x", i, im->flags);
+        /* a libc value needs the build-id it is for; TLS never has one */
+        if ((im->flags & LDP_IMP_LIBC) && (!h->libc_build_id_len || (im->flags & LDP_IMP_TLS)))
+            BAD("import %u: libc value without a libc build-id, or for TLS", i);
+        if ((im->flags & LDP_IMP_IFUNC) && !(im->flags & LDP_IMP_LIBC))
+            BAD("import %u: IFUNC flag without a libc value", i);
+        if (!(im->flags & LDP_IMP_LIBC) && im->value) BAD("import %u: value without LDP_IMP_LIBC", i);
+    }
     for (uint32_t i = 0; i < h->nobj; i++) {
         const struct ldp_obj *o = &p->obj[i];
         if (!str_ok(p, o->name) || !str_ok(p, o->path)) BAD("object %u: name out of bounds", i);
