@@ -324,10 +324,13 @@ def explain(plan):
                    f"slots {h['slots_addr']:#x}+{h['slots_size']:#x}: {h['nslot']} filled")
         for k, imp, g, flags in p.slots:
             out.append(f"  slot {k}: import {imp} (first user [{g}])" + (" bind-now" if flags & pf.SLOT_BIND_NOW else ""))
-    for i, (name, ver, flags, _) in enumerate(p.imports):
+    if h["libc_build_id_len"]:
+        out.append(f"libc build-id {h['libc_build_id'].hex()}")
+    for i, ((name, ver, flags, _), value) in enumerate(zip(p.imports, p.import_values)):
         out.append(f"  import {i}: {p.string(name)}" + (f"@{p.string(ver)}" if ver != pf.NONE else "")
                    + (" weak" if flags & pf.IMP_WEAK else "") + (" func" if flags & pf.IMP_FUNC else "")
-                   + (" tls" if flags & pf.IMP_TLS else ""))
+                   + (" tls" if flags & pf.IMP_TLS else "")
+                   + (f" libc+{value:#x}" if flags & pf.IMP_LIBC else "") + (" ifunc" if flags & pf.IMP_IFUNC else ""))
     out.append(f"total pages: shared={total['shared']} private={total['private']} anon={total['anon']} "
                f"file={total['file']}")
     return "\n".join(out)

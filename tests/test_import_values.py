@@ -155,6 +155,10 @@ def test_ifunc_imports(check_env, tmp_path):
         assert flags[name] & pf.IMP_LIBC and flags[name] & pf.IMP_IFUNC, name
     assert flags["printf"] & pf.IMP_LIBC and not flags["printf"] & pf.IMP_IFUNC
     assert not flags["dlsym"] & pf.IMP_LIBC          # the launcher's own
+    from loader.plan import explain
+    text = explain(plan.read_bytes())
+    assert re.search(r"import \d+: strlen@GLIBC_2\.2\.5 func libc\+0x[0-9a-f]+ ifunc\n", text), text
+    assert "libc build-id " + p.hdr["libc_build_id"].hex() in text
     os.unlink(pool)
 
 

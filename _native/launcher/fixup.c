@@ -185,22 +185,20 @@ int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errle
     for (uint32_t i = 0; i < n; i++) {
         const struct ldp_import *im = &p->imp[i];
         const char *name = ldp_str(p, im->name);
-        void *a;
-        if (pre && (im->flags & LDP_IMP_LIBC) && im->value < lc->span) {
+        void *a = ldp_override(name);   /* first even for LDP_IMP_LIBC: a plan's list of these may be stale */
+        if (!a && pre && (im->flags & LDP_IMP_LIBC) && im->value < lc->span) {
             a = (void *)(lc->l_addr + im->value);
             if (im->flags & LDP_IMP_IFUNC) a = ((void *(*)(void))a)();
             npre++;
             if (check) {
-                void *b = ldp_override(name);
-                if (!b) b = by_name(p, im, name);
+                void *b = by_name(p, im, name);
                 if (a != b)
                     ldp_die(127, "LDPOOL_CHECK_IMPORTS: %s%s%s: libc value %p, dlvsym %p", name,
                             im->version != LDP_NONE ? "@" : "", im->version != LDP_NONE ? ldp_str(p, im->version) : "",
                             a, b);
             }
-        } else {
-            a = ldp_override(name);
-            if (!a) a = by_name(p, im, name);
+        } else if (!a) {
+            a = by_name(p, im, name);
         }
         if (!a && !(im->flags & LDP_IMP_WEAK)) {
             /* decided per fixup: lazily bound calls fail only when made */
