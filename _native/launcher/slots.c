@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 static uint64_t stubs_at, stubs_len, slots_at, slots_len;
+static int slots_writable;   /* mapped writable for the first plan: one mprotect, not two */
 static uint32_t *filled;     /* slot indices filled so far, for ldp_slot_identity */
 static uint32_t nfilled, capfilled;
 
@@ -56,7 +57,7 @@ int ldp_slots_map(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
         return -1;
     }
     /* the whole table at once: pages no plan fills are never touched */
-    void *s = mmap((void *)h->slots_addr, h->slots_size, PROT_READ,
+    void *s = mmap((void *)h->slots_addr, h->slots_size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
     if (s != (void *)h->slots_addr) {
         snprintf(err, errlen, "cannot map the slot table at %#lx: %s", h->slots_addr,
@@ -67,6 +68,7 @@ int ldp_slots_map(struct ldp_plan *p, int poolfd, char *err, size_t errlen)
     }
     stubs_at = h->stubs_addr, stubs_len = h->stubs_size;
     slots_at = h->slots_addr, slots_len = h->slots_size;
+    slots_writable = 1;
     return 0;
 }
 
@@ -86,12 +88,16 @@ static void protect_pages(struct ldp_plan *p, int prot)
 int ldp_slots_fill(struct ldp_plan *p, uint64_t (*value)(struct ldp_plan *, const struct ldp_slot *, char *, size_t),
                    char *err, size_t errlen)
 {
-    if (!p->h->nslot) return 0;
+    if (!p->h->nslot) {
+        if (slots_writable) mprotect((void *)slots_at, slots_len, PROT_READ);
+        slots_writable = 0;
+        return 0;
+    }
     if (!slots_at) {
         snprintf(err, errlen, "plan fills slots before the slot table is mapped");
         return -1;
     }
-    protect_pages(p, PROT_READ | PROT_WRITE);
+    if (!slots_writable) protect_pages(p, PROT_READ | PROT_WRITE);
     uint64_t *tab = (uint64_t *)slots_at;
     int rc = 0;
     for (uint32_t i = 0; i < p->h->nslot && rc == 0; i++) {
@@ -114,7 +120,9 @@ int ldp_slots_fill(struct ldp_plan *p, uint64_t (*value)(struct ldp_plan *, cons
         }
         filled[nfilled++] = s->index;
     }
-    protect_pages(p, PROT_READ);
+    if (slots_writable) mprotect((void *)slots_at, slots_len, PROT_READ);
+    else protect_pages(p, PROT_READ);
+    slots_writable = 0;
     return rc;
 }
 
