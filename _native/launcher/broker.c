@@ -156,19 +156,24 @@ static int read_all(int fd, void *p, size_t n)
     return 0;
 }
 
-/* One frame in one send: every send wakes the broker up. */
-int br_send(uint32_t op, struct buf *req, char *err, size_t errlen)
+/* Prepared frames in one write: every send wakes the broker up. */
+int br_write_frames(const struct buf *frames, char *err, size_t errlen)
 {
-    struct buf f = {0};
-    br_frame(&f, op, req);
-    int r = br_write_all(ldp_broker_fd, f.p, f.n);
-    free(f.p);
-    if (r < 0) {
+    if (br_write_all(ldp_broker_fd, frames->p, frames->n) < 0) {
         snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
         br_conn_lost = 1;
         return -1;
     }
     return 0;
+}
+
+int br_send(uint32_t op, struct buf *req, char *err, size_t errlen)
+{
+    struct buf f = {0};
+    br_frame(&f, op, req);
+    int r = br_write_frames(&f, err, errlen);
+    free(f.p);
+    return r;
 }
 
 /* The reply to request `op`; its payload is malloc'd (NUL-terminated beyond

@@ -24,7 +24,8 @@ void br_frame(struct buf *out, uint32_t op, const struct buf *req);
 int br_write_all(int fd, const void *p, size_t n);
 int br_try_connect(const char *path);          /* no embedded broker started */
 int br_connect(char *err, size_t errlen);      /* the embedded broker started if needed */
-int br_send(uint32_t op, struct buf *req, char *err, size_t errlen);
+int br_write_frames(const struct buf *frames, char *err, size_t errlen);   /* one write */
+int br_send(uint32_t op, struct buf *req, char *err, size_t errlen);       /* one frame */
 /* the reply to request op, malloc'd; a descriptor on its first byte lands in *fdp */
 char *br_reply(uint32_t op, uint32_t *rop, size_t *rlen, int *fdp, char *err, size_t errlen);
 char *br_call(uint32_t op, struct buf *req, uint32_t *rop, size_t *rlen, int *fdp, char *err, size_t errlen);

@@ -76,14 +76,9 @@ static int send_program_pair(char *err, size_t errlen)
     br_frame(&out, OP_HELLO, &h);
     br_frame(&out, OP_ACQ_PROGRAM, &br_program_req);
     free(h.p);
-    int w = br_write_all(ldp_broker_fd, out.p, out.n);
+    int w = br_write_frames(&out, err, errlen);
     free(out.p);
-    if (w < 0) {
-        snprintf(err, errlen, "the broker closed the connection (%s)", strerror(errno));
-        br_conn_lost = 1;
-        return -1;
-    }
-    return 0;
+    return w;
 }
 
 /* HELLO and ACQUIRE_PROGRAM in one write, prepared before connecting: the
