@@ -224,7 +224,7 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
                 imp = ctx.imports.add(x.name, x.version, 0)
                 if x.copy:       # glibc wrote its own at start: the program's gets that value
                     fs.add(x.addr, pf.FIX_COPY, imp, x.size, width=x.size)
-                else:
+                else:            # writes nothing: no page of it need be private
                     fs.fixes.append((x.addr, pf.FIX_INTERPOSE, imp, x.size, 0))
                     fs.counts["INTERPOSE"] += 1
         counts[gindex[k]] = fs

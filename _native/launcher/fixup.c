@@ -360,19 +360,14 @@ static int apply_one(struct ldp_plan *p, uint32_t k, struct copy_move **mv, size
     case LDP_FIX_COPY:
         if (f->sym == LDP_NONE) {
             memcpy((void *)f->addr, (void *)f->aux, f->addend);
-        } else {
-            s = sym_value(p, k, f, err, errlen, &bad);
-            if (bad) return -1;
-            if (!s) break;
-            memcpy((void *)f->addr, (void *)s, f->addend);
-            *mv = realloc(*mv, sizeof **mv * (*nmv + 1));
-            (*mv)[(*nmv)++] = (struct copy_move){s, (uint64_t)f->addend, f->addr};
+            break;
         }
-        break;
+        /* fall through: a copy of glibc data moves glibc's slots, as INTERPOSE does */
     case LDP_FIX_INTERPOSE:
         s = sym_value(p, k, f, err, errlen, &bad);
         if (bad) return -1;
         if (!s) break;
+        if (f->type == LDP_FIX_COPY) memcpy((void *)f->addr, (void *)s, f->addend);
         *mv = realloc(*mv, sizeof **mv * (*nmv + 1));
         (*mv)[(*nmv)++] = (struct copy_move){s, (uint64_t)f->addend, f->addr};
         break;
