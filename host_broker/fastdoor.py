@@ -13,11 +13,12 @@ import os
 import socket
 import threading
 
+from host_broker.listener import listen_unix, unlink_if_ours
+
 
 class FastDoor:
-    def __init__(self, sock, path):
-        self.sock, self.path = sock, path
-        self._ino = os.stat(path).st_ino
+    def __init__(self, sock, path, ino):
+        self.sock, self.path, self._ino = sock, path, ino
         self._nice = os.getpriority(os.PRIO_PROCESS, 0)   # before --priority changes the loop's
 
     @classmethod
@@ -25,18 +26,8 @@ class FastDoor:
         """`<socket>.fast`, mode 0600 (plan cache files are the broker
         user's alone, so only its own clients take the fast path)."""
         path = socket_path + ".fast"
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        sock.listen(256)
-        return cls(sock, path)
+        sock, ino = listen_unix(path, 0o600)
+        return cls(sock, path, ino)
 
     def start(self, loop, adopt):
         """adopt(conn) runs on the event loop for every connection."""
@@ -65,8 +56,4 @@ class FastDoor:
         except OSError:
             pass
         self.sock.close()
-        try:
-            if os.stat(self.path).st_ino == self._ino:
-                os.unlink(self.path)
-        except OSError:
-            pass
+        unlink_if_ours(self.path, self._ino)

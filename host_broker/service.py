@@ -19,6 +19,7 @@ from host_broker.connection import Connection, Hub
 from host_broker.daemon import PRIORITIES, detach, gid_of, lock, prepare_dir, set_priority, stderr_log
 from host_broker import journal, plancache
 from host_broker.fastdoor import FastDoor
+from host_broker.listener import listen_unix, unlink_if_ours
 from host_broker.pool import DEFAULT_SIZE, parse_size
 from host_broker.pool import unlink as pool_unlink
 from host_broker.state import BrokerState
@@ -93,23 +94,12 @@ class Broker:
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         path = self.socket_path
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177 if not self.group else 0o117)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
         if self.group:
-            os.chown(path, -1, gid_of(self.group))
-            os.chmod(path, 0o660)
-        sock.listen(256)
+            sock, self._sock_ino = listen_unix(path, 0o660, gid_of(self.group))
+        else:
+            sock, self._sock_ino = listen_unix(path, 0o600)
         sock.setblocking(False)
         self.sock = sock
-        self._sock_ino = os.stat(path).st_ino
         self.fast_door = FastDoor.bind(path)     # for the plan cache fast path
 
     # --- serving ----------------------------------------------------------------
@@ -139,11 +129,7 @@ class Broker:
             for t in tasks:
                 t.cancel()
             self.sock.close()
-            try:
-                if os.stat(self.socket_path).st_ino == self._sock_ino:
-                    os.unlink(self.socket_path)
-            except OSError:
-                pass
+            unlink_if_ours(self.socket_path, self._sock_ino)
             if self._idle_exit:
                 self._release_pool()
             else:
