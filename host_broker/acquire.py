@@ -9,7 +9,6 @@ already pooled program costs a few stat calls, not a resolution."""
 import collections
 import os
 import struct
-import time
 
 from loader.errors import BrokerError, ResolveError
 from loader.protocol import ProtocolError
@@ -20,16 +19,14 @@ LEASE_OFF = 136
 FIRST_INDEX_OFF = 44
 CACHE_MAX = 512
 RTLD_GLOBAL = 0x100
-RECHECK = 0.0        # seconds a cached plan's files are trusted without stat
 
 
 class Acquisition:
-    __slots__ = ("plan", "keys", "context", "files", "placed", "checked")
+    __slots__ = ("plan", "keys", "context", "files", "placed")
 
     def __init__(self, plan, keys, context=None, files=(), placed=()):
         self.plan, self.keys, self.context, self.files = plan, keys, context, files
         self.placed = placed      # the PlacedImage objects the plan's addresses come from
-        self.checked = 0.0        # when its files were last found unchanged
 
 
 def set_lease(plan, lease):
@@ -105,16 +102,10 @@ class Acquirer:
         # trusted for a while after its program was replaced on disk would
         # map text that the launcher's identity check then refuses (exit
         # 127) instead of planning the new file
-        now = time.monotonic()
-        if now - acq.checked < RECHECK:
-            return True
         try:
-            ok = all(_stat_id(p) == sid for p, sid in acq.files)
+            return all(_stat_id(p) == sid for p, sid in acq.files)
         except OSError:
             return False
-        if ok:
-            acq.checked = now
-        return ok
 
     def _build_program(self, path, argv0, cwd, env, preload):
         from loader import plan, resolve
@@ -221,7 +212,6 @@ class Acquirer:
         ctx["n"] = first + len(keys)
         acq = Acquisition(blob, keys, files=[(o.elf.path, _stat_id(o.elf.path)) for o in pooled],
                           placed=[self.store.images[k].placed for k in keys])
-        acq.checked = time.monotonic()
         self.dl_builds += 1
         self.dl_cache[self._dl_key(lease, req)] = acq
         if len(self.dl_cache) > CACHE_MAX:
