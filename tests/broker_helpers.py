@@ -7,10 +7,19 @@ import time
 import uuid
 
 import posix_ipc
+import pytest
 
 from loader import client as C
 
 PROGRAMS = ["/usr/bin/xz", "/usr/bin/gzip", "/usr/bin/zstd", "/usr/bin/sqlite3"]
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A private broker for one test (import it by name to use it)."""
+    b = BrokerProc(tmp_path / "b").start()
+    yield b
+    b.cleanup()
 
 
 class BrokerProc:

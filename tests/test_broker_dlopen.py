@@ -14,18 +14,11 @@ import pytest
 
 from loader import protocol as P
 from loader.client import plan_lease
-from broker_helpers import BrokerProc
+from broker_helpers import broker  # noqa: F401  (broker is a fixture)
 from launcher_helpers import env  # noqa: F401  (a fixture)
 
 LEASE_OFF = 136        # struct ldp_plan_hdr: the lease is its last field
 NOBJ_OFF = 16
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = BrokerProc(tmp_path / "b").start()
-    yield b
-    b.cleanup()
 
 
 def _nobj(plan):

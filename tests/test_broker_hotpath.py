@@ -8,18 +8,11 @@ import time
 
 import pytest
 
-from broker_helpers import BrokerProc, wait_for
+from broker_helpers import BrokerProc, broker, wait_for  # noqa: F401  (broker is a fixture)
 from loader import protocol as P
 
 ACQ = P.frame(P.ACQUIRE_PROGRAM, P.encode_kv({"path": "/usr/bin/xz", "argv0": "xz", "cwd": "/"}))
 HELLO = P.frame(P.HELLO, P.encode_kv({"proto": 1, "kind": "guest", "name": "hotpath"}))
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = BrokerProc(tmp_path / "b").start()
-    yield b
-    b.cleanup()
 
 
 def _reply(s):

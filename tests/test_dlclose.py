@@ -8,9 +8,7 @@ import json
 import subprocess
 import textwrap
 
-import pytest
-
-from broker_helpers import BrokerProc, wait_for
+from broker_helpers import broker, wait_for  # noqa: F401  (broker is a fixture)
 from launcher_helpers import TIMEOUT, env, same  # noqa: F401  (env is a fixture)
 
 LIB = r"""
@@ -111,13 +109,6 @@ def _build(d):
     subprocess.run(["gcc", "-O1", "-o", "main", "main.c", "-Wl,-rpath,$ORIGIN"], check=True, cwd=d)
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = BrokerProc(tmp_path / "broker").start()
-    yield b
-    b.cleanup()
-
-
 def _refs(broker, d, names):
     out = subprocess.run(["ldpool", "pool", "--socket", broker.socket, "--json"], capture_output=True,
                          text=True, timeout=60, check=True).stdout
@@ -126,6 +117,30 @@ def _refs(broker, d, names):
     images = {im["path"]: im for im in st["images"]}
     return {n: images[str(d / f"lib{n}.so")]["refs"] if str(d / f"lib{n}.so") in images else None
             for n in names}
+
+
+def _staged(prog, env, cwd, stage):
+    """Run prog through ldpool-exec; at each "STAGE name" line it prints,
+    call stage(name), then let it go on (a newline on its stdin).  Returns
+    (stdout lines, stderr) of a run that must exit 0."""
+    proc = subprocess.Popen(["ldpool-exec", "--no-fallback", prog], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line.decode())
+            if line.startswith(b"STAGE "):
+                stage(line.split()[1].decode())
+                proc.stdin.write(b"\n")
+                proc.stdin.flush()
+        proc.stdin.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(TIMEOUT) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out, err
 
 
 def test_dlclose_cycle_matches_glibc(env, tmp_path, broker):
@@ -139,24 +154,11 @@ def test_dlclose_cycle_matches_glibc(env, tmp_path, broker):
     assert expect.count("ctor plug") == 2 and expect.count("dtor plug") == 2
     assert expect.index("dtor plug") < expect.index("dtor dep") and expect.count("ctor nd") == 1
 
-    e = dict(env, LDPOOL_SOCKET=broker.socket)
-    proc = subprocess.Popen(["ldpool-exec", "--no-fallback", "./main"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=d)
-    out, refs = [], {}
-    try:
-        for line in proc.stdout:
-            out.append(line.decode())
-            if line.startswith(b"STAGE "):
-                refs[line.split()[1].decode()] = _refs(broker, d, ["plug", "dep"])
-                proc.stdin.write(b"\n")
-                proc.stdin.flush()
-        proc.stdin.close()
-        err = proc.stderr.read().decode()
-        assert proc.wait(TIMEOUT) == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    refs = {}
+
+    def stage(name):
+        refs[name] = _refs(broker, d, ["plug", "dep"])
+    out, err = _staged("./main", dict(env, LDPOOL_SOCKET=broker.socket), d, stage)
     assert "ldpool-exec" not in err, err
     assert "".join(out) == expect
     assert refs["open"] == {"plug": 1, "dep": 1}
@@ -202,25 +204,10 @@ def test_dlclose_then_broker_restart(env, tmp_path, broker):
     subprocess.run(["gcc", "-O1", "-o", "restart", "restart.c", "-Wl,-rpath,$ORIGIN"], check=True, cwd=d)
     nat = subprocess.run(["./restart"], input=b"\n", capture_output=True, env=env, cwd=d, timeout=TIMEOUT)
     assert nat.returncode == 0 and nat.stdout.count(b"ctor plug") == 2, nat
-    e = dict(env, LDPOOL_SOCKET=broker.socket)
-    proc = subprocess.Popen(["ldpool-exec", "--no-fallback", "./restart"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=d)
-    out = []
-    try:
-        for line in proc.stdout:
-            out.append(line.decode())
-            if line.startswith(b"STAGE "):
-                broker.kill()
-                broker.start()
-                proc.stdin.write(b"\n")
-                proc.stdin.flush()
-        proc.stdin.close()
-        err = proc.stderr.read().decode()
-        assert proc.wait(TIMEOUT) == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    def stage(_name):
+        broker.kill()
+        broker.start()
+    out, err = _staged("./restart", dict(env, LDPOOL_SOCKET=broker.socket), d, stage)
     assert err == "", err
     assert "".join(out) == nat.stdout.decode()
     assert "reclaimed lease" in broker.log()

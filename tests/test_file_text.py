@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from broker_helpers import BrokerProc
+from broker_helpers import BrokerProc, broker  # noqa: F401  (broker is a fixture)
 from loader import planformat as pf
 from loader.elf import ElfFile, PT_GNU_RELRO
 
@@ -45,13 +45,6 @@ def built(tmp_path_factory):
     subprocess.run(["cc", "-O1", "-o", d / "prog", d / "prog.c", f"-L{d}", "-lft", f"-Wl,-rpath,{d}"],
                    check=True)
     return d
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = BrokerProc(tmp_path / "b").start()
-    yield b
-    b.cleanup()
 
 
 def _maps(pid):
