@@ -51,3 +51,42 @@ def test_rtld_local_and_global_scopes(env, tmp_path):
     # what glibc does, so that the comparison means something
     assert "libp2.so: ask=20" in out and "libp4.so: ask=30" in out and "libp5.so: ask=30" in out, out
     assert "only_3: found" in out and "only_2: not found" in out, out
+
+
+NEEDS_WHO = r"""
+int who(void);                               /* defined only by libq1 */
+int ask(void) { return who() * 100; }
+"""
+
+PROMOTE = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+int main(void) {
+    void *q1 = dlopen("libq1.so", RTLD_NOW | RTLD_LOCAL);
+    printf("q1 %s\n", q1 ? "loaded" : dlerror());
+    void *q2 = dlopen("libq2.so", RTLD_NOW);         /* who() is nowhere global */
+    printf("q2 before: %s\n", q2 ? "loaded" : "refused");
+    void *again = dlopen("libq1.so", RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
+    printf("promoted: %s\n", again == q1 ? "same handle" : "other");
+    q2 = dlopen("libq2.so", RTLD_NOW);
+    if (!q2) { printf("q2 after: %s\n", dlerror()); return 1; }
+    printf("q2 after: ask=%d\n", ((int (*)(void))dlsym(q2, "ask"))());
+    return 0;
+}
+"""
+
+
+def test_rtld_noload_global_promotion_reaches_the_broker(env, tmp_path):
+    """dlopen(RTLD_NOLOAD|RTLD_GLOBAL) of a local object adds it to the
+    global scope: a later dlopen'ed library's undefined reference binds to
+    it.  The broker plans that later library, so it must have been told."""
+    (tmp_path / "q1.c").write_text(PLUGIN % {"n": 7})
+    (tmp_path / "q2.c").write_text(NEEDS_WHO)
+    subprocess.run(["gcc", "-O1", "-fPIC", "-shared", "-o", "libq1.so", "q1.c"], check=True, cwd=tmp_path)
+    subprocess.run(["gcc", "-O1", "-fPIC", "-shared", "-o", "libq2.so", "q2.c"], check=True, cwd=tmp_path)
+    (tmp_path / "main.c").write_text(PROMOTE)
+    subprocess.run(["gcc", "-O1", "-o", "main", "main.c", "-Wl,-rpath,$ORIGIN"], check=True, cwd=tmp_path)
+    for _ in range(2):
+        r = same(["./main"], env, cwd=tmp_path)
+    out = r.stdout.decode()
+    assert "q2 before: refused" in out and "q2 after: ask=700" in out, out

@@ -76,6 +76,27 @@ static int is_glibc(const char *name)
 
 static void *open_plan(struct ldp_plan *p, int mode);
 
+/* The broker plans later dlopens against the lease's scopes: a local
+ * object made global must be global there too, or a library that needs
+ * one of its symbols is refused.  Asking for it again with RTLD_GLOBAL
+ * is how the broker hears it (an empty plan: nothing new to map). */
+static void tell_promotion(const char *file, struct ldp_rt *req, int mode)
+{
+    if (ldp_debug_mode || ldp_broker_fd < 0) return;
+    char err[512];
+    size_t len;
+    int unserved = 0;
+    void *buf = ldp_broker_acquire_library(file, req, mode & ~RTLD_NOLOAD, &len, &unserved, err, sizeof err);
+    if (!buf) {
+        if (ldp_debug) ldp_note("debug: dlopen(%s, RTLD_GLOBAL): the broker was not told: %s", file, err);
+        return;
+    }
+    struct ldp_plan p;
+    if (ldp_plan_check(&p, buf, len, 0, err, sizeof err) == 0 && p.h->nobj)
+        ldp_broker_release(p.h->lease, p.first_index, p.h->nobj);   /* not ours to map twice */
+    free(buf);
+}
+
 static void *dlopen_locked(const char *file, int mode, void *caller)
 {
     clear_error();
@@ -85,11 +106,10 @@ static void *dlopen_locked(const char *file, int mode, void *caller)
     if (r) {
         r->refcount++;
         if ((mode & RTLD_GLOBAL) && !r->global) {
-            /* glibc's add_to_global: the object's whole search list (the
-             * broker is not told: later dlopen plans still bind as if it
-             * were local, docs/launcher.md) */
+            /* glibc's add_to_global: the object's whole search list */
             ldp_rt_deps(r);
             for (uint32_t k = 0; k < r->ndeps; k++) ldp_objs[r->deps[k]]->global = 1;
+            tell_promotion(file, ldp_find_addr(caller), mode);
         }
         if (mode & RTLD_NODELETE) r->nodelete = 1;
         return r;
@@ -145,14 +165,20 @@ static void *open_plan(struct ldp_plan *p, int mode)
         }
     ldp_objects_add(p);
     int mapped = ldp_map_plan(p, ldp_pool_fd, err, sizeof err) == 0;
-    if (!mapped || ldp_resolve_imports(p, 1, err, sizeof err) < 0 || ldp_tls_assign_static(p, err, sizeof err) < 0 ||
-        ldp_apply_fixups(p, err, sizeof err) < 0 ||
-        ldp_tls_install(p, err, sizeof err) < 0) {
+    /* RTLD_NOW: a function nobody defines fails the dlopen, not the call */
+    ldp_dlopen_now = (mode & RTLD_NOW) != 0;
+    int ok = mapped && ldp_resolve_imports(p, 1, err, sizeof err) == 0 && ldp_tls_assign_static(p, err, sizeof err) == 0 &&
+             ldp_apply_fixups(p, err, sizeof err) == 0 && ldp_tls_install(p, err, sizeof err) == 0;
+    ldp_dlopen_now = 0;
+    if (!ok) {
         ldp_set_error("%s", err);
         for (uint32_t i = 0; i < p->h->nobj; i++) {
             if (mapped) ldp_unmap(ldp_objs[p->first_index + i]);
             ldp_objs[p->first_index + i]->state = LDP_ST_GONE;
         }
+        /* as after a dlclose: the lease forgets them, so that a later
+         * dlopen is planned afresh (against the scopes it will have then) */
+        if (p->h->nobj) ldp_broker_release(p->h->lease, p->first_index, p->h->nobj);
         return NULL;
     }
     ldp_protect_plan(p);

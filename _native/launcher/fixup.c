@@ -286,11 +286,13 @@ static const struct ldp_obj *owner(struct ldp_plan *p, uint32_t k)
     return p->obj;
 }
 
+int ldp_dlopen_now;
+
 static int bind_now(const struct ldp_obj *o)
 {
     static int env = -1;
     if (env < 0) { const char *e = getenv("LD_BIND_NOW"); env = e && *e; }
-    return env || (o->flags & LDP_OBJ_BIND_NOW);
+    return env || ldp_dlopen_now || (o->flags & LDP_OBJ_BIND_NOW);
 }
 
 static uint64_t sym_value(struct ldp_plan *p, uint32_t k, const struct ldp_fix *f, char *err, size_t errlen, int *bad)
