@@ -4,11 +4,17 @@ answered in order; the pool descriptor rides on the HELLO reply.
 
 Every client socket sits in one epoll set of our own (Hub), registered once
 and level-triggered; the asyncio loop watches only that set's descriptor.
-A wakeup then costs one asyncio callback however many clients are ready,
-and a request costs one recv_into a shared buffer and one send: no
-add_reader/remove_reader (epoll_ctl) per message, no asyncio Handle per
-socket event.  asyncio still runs the timers, the worker-thread builds and
-their completions."""
+A wakeup then costs one asyncio callback however many clients are ready.
+
+The set is read by the native LeaseTable (_native/leasetable.pyx): a
+connection that is idle here (nothing queued, pending, unsent or building,
+HELLO done) is "hot": its cached program acquires, releases and pings are
+answered in C.  At the first request that is anything else (or a partial
+frame, an unsent reply, an EOF) the table hands the connection back with the
+bytes it did not answer (and any reply bytes it could not send), which are
+queued here in order; once the connection is idle again it goes back to the
+table.  asyncio still runs the timers, the worker-thread builds and their
+completions."""
 import array
 import asyncio
 import collections
@@ -32,8 +38,8 @@ class Hub:
     """The client sockets' epoll set and the receive buffer they share (a
     request is decoded before the next recv, so one buffer serves all)."""
 
-    def __init__(self, loop):
-        self.loop = loop
+    def __init__(self, loop, table, mutex=None):
+        self.loop, self.table, self.mutex = loop, table, mutex
         self.ep = select.epoll()
         self.conns = {}                 # fd -> Connection, while registered
         self.buf = bytearray(RECV)
@@ -41,20 +47,24 @@ class Hub:
         loop.add_reader(self.ep.fileno(), self._poll)
 
     def _poll(self):
-        conns, poll = self.conns, self.ep.poll
+        conns, serve, epfd, mutex = self.conns, self.table.serve, self.ep.fileno(), self.mutex
         for _ in range(ROUNDS):
-            events = poll(0)
-            if not events:
+            n, up = serve(epfd, mutex)
+            if not n:
                 return
-            for fd, ev in events:
+            for fd, ev, unsent, rest in up:
                 c = conns.get(fd)
                 if c is None:                 # closed earlier in this batch
+                    continue
+                c.hot = False
+                if unsent is not None or rest is not None:
+                    c._handed(unsent, rest)
                     continue
                 if c.mask & _IN and ev & (_IN | _GONE):
                     c._readable()
                 if c.mask & _OUT and ev & (_OUT | _GONE) and not c.lost:
                     c._writable()
-            if len(events) == 1:      # a lone request: little chance another came meanwhile
+            if n == 1:      # a lone request: little chance another came meanwhile
                 return
 
     def close(self):
@@ -68,7 +78,7 @@ class Connection:
     client that does not read its replies is not read from either."""
 
     __slots__ = ("broker", "sock", "client", "hub", "fileno", "decoder", "queue", "out",
-                 "queued", "busy", "closing", "lost", "mask")
+                 "queued", "busy", "closing", "lost", "mask", "hot")
 
     def __init__(self, broker, sock, client, hub):
         self.broker, self.sock, self.client, self.hub = broker, sock, client, hub
@@ -81,6 +91,7 @@ class Connection:
         self.closing = False               # no more requests are read or answered
         self.lost = False
         self.mask = 0                      # epoll events registered for
+        self.hot = False                   # read by the native table (see above)
 
     def start(self):
         """A starting program sends HELLO and ACQUIRE_PROGRAM right after
@@ -110,6 +121,26 @@ class Connection:
     def _update(self):
         reading = not (self.busy or self.closing or self.queued >= HIGH_WATER)
         self._watch((_IN if reading else 0) | (_OUT if self.out else 0))
+        if (reading and not self.out and not self.queue and not self.hot and not self.lost
+                and self.client.hello and not self.decoder.pending):
+            self.hub.table.activate(self.fileno, self.client.id, self.client.uid,
+                                    self.client.kind == "process")
+            self.hot = True
+
+    def _handed(self, unsent, rest):
+        """The native table stopped at something it does not answer: the
+        replies it could not send go first, then what it did not read."""
+        if unsent:
+            self._send(P.PING, unsent, None)
+        if rest:
+            try:
+                frames = self.decoder.feed(rest)
+            except P.ProtocolError as e:
+                self.queue.clear()
+                self._send(P.ERROR, P.frame(P.ERROR, str(e).encode()), None)
+                return self._run()
+            self.queue.extend(frames)
+        self._run()
 
     # --- input ----------------------------------------------------------
     def _readable(self):
@@ -140,8 +171,7 @@ class Connection:
                         return self._lose()
                     if sent < len(reply):
                         self._send(op, reply[sent:], None)
-                        self._update()
-                    return
+                    return self._update()
                 self._take(op, out)        # a descriptor to pass, or a build
                 return self._run()
         try:
@@ -239,5 +269,6 @@ class Connection:
         self.lost = self.closing = True
         self.out.clear()
         self.queue.clear()
+        released = self.hub.table.close(self.fileno)     # its native leases
         self.sock.close()
-        self.broker._gone(self.client)
+        self.broker._gone(self.client, released)

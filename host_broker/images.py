@@ -111,9 +111,7 @@ class ImageStore:
         new = f"{rec.key}#q{n}"
         del self.images[rec.key]
         self._starts.remove((rec.map_start, rec.key))
-        for d in (self.refs.refs, self.refs.pins, self.refs.idle_since):
-            if rec.key in d:
-                d[new] = d.pop(rec.key)
+        self.refs.rename(rec.key, new)
         rec.key = new
         self.images[new] = rec
         bisect.insort(self._starts, (rec.map_start, new))

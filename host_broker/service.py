@@ -76,6 +76,13 @@ class Broker:
                                  text_in_pool=text_in_pool)
         self.acquirer = Acquirer(self.state.store, log=self.log, public_only=bool(group))
         self.plans = plancache.PlanCache(plancache.plans_dir(socket_path), self.state, log=self.log)
+        refs = self.state.refs
+        # a lease granted by the native hot path gets its context when
+        # Python code first needs it (dlopen)
+        refs.context_of = lambda acq: (self.acquirer.lease_context(acq.context)
+                                       if acq.context is not None else None)
+        # the hot path serves a process only plans whose cache file is written
+        refs.table.set_published(self.plans._published)
         if not self.state.recovered:
             self.plans.wipe()           # a new epoch; a re-attach keeps them (stamps decide)
         self.clients = {}
@@ -116,7 +123,7 @@ class Broker:
                  f"{f', idle exit {self.idle_exit:g}s' if self.idle_exit else ''})")
         if ready:
             ready()
-        self.hub = Hub(loop)
+        self.hub = Hub(loop, self.state.refs.table, self.state.mutex)
         loop.add_reader(self.sock.fileno(), self._accept)
         self.fast_door.start(loop, self._adopt)
         tasks = {asyncio.ensure_future(self._tick())}
@@ -193,8 +200,8 @@ class Broker:
                 self._idle_exit = True
                 self._stop.done() or self._stop.set_result(0)
 
-    def _gone(self, client):
-        n = self.state.refs.drop_client(client.id)
+    def _gone(self, client, released=0):
+        n = self.state.refs.drop_client(client.id) + released
         del self.clients[client.id]
         if n or client.hello:
             self.log(f"client {client.id} ({client.kind} pid {client.pid} uid {client.uid} gid {client.gid}"
@@ -287,9 +294,21 @@ class Broker:
         ctx = self.acquirer.lease_context(acq.context) if acq.context is not None else None
         lease = self.state.refs.new_lease(client.id, acq.keys, ctx)
         self._note_uid(client, acq.keys)
-        if payload is not None and client.kind == "process":
-            self.plans.publish(payload, acq)     # the next start needs no round trip
+        if payload is not None:
+            if client.kind == "process":
+                self.plans.publish(payload, acq)     # the next start needs no round trip
+            self._go_native(client, acq, payload)
         return set_lease(acq.plan, lease.id)
+
+    def _go_native(self, client, acq, payload):
+        """The next identical request is answered by the native hot path."""
+        refs = self.state.refs
+        table = refs.table
+        if table.known(payload, acq, client.uid) or len(acq.plan) > P.MAX_PAYLOAD:
+            return
+        table.register(payload, _HEADER_PACK(len(acq.plan), P.ACQUIRE_PROGRAM | P.REPLY) + acq.plan,
+                       [refs.ids[k] for k in acq.keys],
+                       [(os.fsencode(path), sid) for path, sid in acq.files], client.uid, acq)
 
     def _note_uid(self, client, keys):
         images = self.state.store.images

@@ -71,7 +71,8 @@ def stats_for(broker, uid):
                leases=len(leases), pool_used=st.pool.extents.used_bytes,
                window_used=st.placements.extents.used_bytes,
                pool_resident=st.pool.resident_bytes(),
-               dlopen_cached=broker.acquirer.dl_hits, dlopen_built=broker.acquirer.dl_builds)
+               dlopen_cached=broker.acquirer.dl_hits, dlopen_built=broker.acquirer.dl_builds,
+               hot_answered=refs.table.hits, hot_handed=refs.table.handed)
     return {"proto": P.PROTO_VERSION, "epoch": st.epoch, "pool": st.pool_name,
             "pool_size": st.pool.size, "pool_used": st.pool.extents.used_bytes,
             "window": hex(st.pool.window), "window_size": hex(st.pool.window_size),
