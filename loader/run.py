@@ -13,6 +13,7 @@ import sys
 from loader.elf import PT_DYNAMIC, ElfFile
 from loader.errors import ElfError, LdpoolError
 
+SHN_UNDEF = 0
 STANDARD_INTERP = ("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
 
 # Definitions that replace glibc internals: glibc is already bound to its
@@ -107,7 +108,10 @@ def check_program(path, env):
     scope = Scope.from_resolution(res)
     for name in INTERPOSED:
         found = scope.lookup(name)
-        if found is not None and not scope.is_glibc(found[0]):
+        # a non-PIE program's canonical PLT entry (undefined, st_value set)
+        # only fixes the function's address: glibc's own still runs
+        if (found is not None and not scope.is_glibc(found[0])
+                and scope.elf(found[0]).symbol(found[1]).shndx != SHN_UNDEF):
             raise Fallback(f"{res.objects[found[0]].path} replaces glibc's {name}")
 
 
