@@ -57,11 +57,12 @@ char *ldp_dlerror(void)
 }
 
 /* glibc's family stays with ld.so: the same list as loader/resolve.py's
- * GLIBC_SONAMES, plus every libnss_* */
+ * GLIBC_SONAMES, plus every libnss_* (not libthread_db: it binds to the
+ * program's ps_* functions, so it is pooled) */
 static const char *const glibc_family[] = {
     "ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1",
     "libresolv.so.2", "libmvec.so.1", "libutil.so.1", "libanl.so.1", "libBrokenLocale.so.1",
-    "libmemusage.so", "libpcprofile.so", "libthread_db.so.1", "libc_malloc_debug.so.0", NULL,
+    "libmemusage.so", "libpcprofile.so", "libc_malloc_debug.so.0", NULL,
 };
 
 static int is_glibc(const char *name)
