@@ -33,9 +33,13 @@ DF_1_NOOPEN = 0x40
 RTLD_PATH = "/lib64/ld-linux-x86-64.so.2"
 VDSO_NAME = "linux-vdso.so.1"
 
+# libthread_db.so.1 is not among them: it reads another process's nptl
+# through the proc-service functions its user exports (gdb's ps_pdread...),
+# which ld.so cannot bind to a pooled program; it can be pooled like any
+# library (it touches nothing of its own process's glibc).
 GLIBC_SONAMES = frozenset("""ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libpthread.so.0 libdl.so.2
  librt.so.1 libresolv.so.2 libmvec.so.1 libutil.so.1 libanl.so.1 libBrokenLocale.so.1
- libmemusage.so libpcprofile.so libthread_db.so.1 libc_malloc_debug.so.0""".split())
+ libmemusage.so libpcprofile.so libc_malloc_debug.so.0""".split())
 
 
 def is_glibc_soname(soname):

@@ -36,3 +36,13 @@ def test_non_pie_python_is_pooled(env):
     if need(PY) and subprocess.run(["readelf", "-h", PY], capture_output=True).stdout.find(b"EXEC") < 0:
         pytest.skip("python3 is a PIE here")
     same([PY, "-c", "import ssl, sqlite3, ctypes, decimal, threading; print(ssl.OPENSSL_VERSION)"], env)
+
+
+def test_gdb_loads_libthread_db(env):
+    # libthread_db binds to gdb's own ps_* functions: ld.so could not bind
+    # it to a pooled gdb, which then ran without thread debugging
+    import re
+    argv = [need("gdb"), "-batch", "-nx", "-ex", "run", "--args", "/usr/bin/true"]
+    out = [re.sub(rb"process \d+", b"process N", run(argv, env, pooled).stdout) for pooled in (False, True)]
+    assert b"libthread_db enabled" in out[0]
+    assert out[1] == out[0]
