@@ -89,7 +89,7 @@ def check_program(path, env):
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:2] == b"#!":
-        raise Fallback("a script: its interpreter runs under ld.so")
+        return  # the launcher runs its interpreter from the pool, as execve would
     elf = ElfFile(path)
     if elf.interp is None or elf.segment(PT_DYNAMIC) is None:
         raise Fallback("statically linked")
