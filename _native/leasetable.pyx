@@ -108,6 +108,7 @@ cdef struct Entry:
     uint64_t version
     uint32_t uids[NUIDS]
     int nuids
+    uint64_t checked          # the serve() batch whose stat calls found the files unchanged
     PyObject *payload_obj     # for the plan cache's published check
 
 cdef struct NLease:
@@ -158,6 +159,7 @@ cdef class LeaseTable:
     cdef char *obuf
     cdef size_t ocap
     cdef public uint64_t hits, handed      # requests answered here / connections handed back
+    cdef uint64_t batch                    # serve() calls
     cdef object published                  # the plan cache's {payload: acq} (None: no checks)
 
     def __cinit__(self, uint64_t lease_prefix=0):
@@ -506,9 +508,13 @@ cdef class LeaseTable:
             pub = PyDict_GetItem(self.published, <object>e.payload_obj)
             if pub != e.ks.acq:
                 return NULL
-        for k in range(e.nfiles):
-            if lt_stat(e.files[k].path, sid) < 0 or memcmp(sid, e.files[k].id, sizeof(sid)) != 0:
-                return NULL
+        # the files are stat'ed once per batch, after every recv of the
+        # batch: a file replaced before any of its requests was sent is seen
+        if e.checked != self.batch:
+            for k in range(e.nfiles):
+                if lt_stat(e.files[k].path, sid) < 0 or memcmp(sid, e.files[k].id, sizeof(sid)) != 0:
+                    return NULL
+            e.checked = self.batch
         return e
 
     # --- the hot path -----------------------------------------------------------
@@ -585,47 +591,63 @@ cdef class LeaseTable:
         (unsent: reply bytes to send first; rest: bytes read, not answered).
         mutex: the state's lock against evictions by the build thread; while
         it is held elsewhere, acquires go up (they would wait for it)."""
-        cdef int fds[MAXEV]
+        cdef int fds[MAXEV], got[MAXEV]
         cdef uint32_t evs[MAXEV]
-        cdef int n = lt_wait(epfd, fds, evs, MAXEV), i, fd
+        cdef size_t at[MAXEV], length[MAXEV]
+        cdef int n = lt_wait(epfd, fds, evs, MAXEV), i, j, m = 0, fd
         cdef Conn *c
         cdef ssize_t r
-        cdef size_t off, olen, sent
+        cdef size_t off, olen, sent, used = 0, end
         cdef uint32_t hdr[2]
         cdef double now = -1
-        cdef bint acquire = mutex is None, tried = False
+        cdef bint acquire = mutex is None
         if n <= 0:
             return 0, None
         up = []
+        # every ready socket is read first, then answered: a file stat'ed
+        # while answering is then stat'ed after every request of the batch
+        # was sent (once per entry and batch, not per request)
+        for i in range(n):
+            fd = fds[i]
+            if fd >= self.nconn or not self.conns[fd].active:
+                up.append((fd, evs[i], None, None))
+                continue
+            c = &self.conns[fd]
+            if not evs[i] & EPOLLIN:
+                c.active = 0
+                self.handed += 1
+                up.append((fd, evs[i], None, None))
+                continue
+            if RECV - used < 4096:
+                continue                     # level-triggered: next round
+            r = lt_recv(fd, self.rbuf + used, min(RECV - used, 65536))
+            if r == -2:
+                continue
+            if r <= 0:                       # EOF or error: connection.py ends it
+                c.active = 0
+                self.handed += 1
+                up.append((fd, evs[i], None, None))
+                continue
+            got[m], at[m], length[m] = i, used, r
+            used += r
+            m += 1
+        if m == 0:
+            return n, up
+        self.batch += 1
         held = None
+        if not acquire and mutex.acquire(False):
+            # a build thread evicting holds it: acquires go up meanwhile
+            held, acquire = mutex, True
         try:
-            for i in range(n):
+            for j in range(m):
+                i = got[j]
                 fd = fds[i]
-                if fd >= self.nconn or not self.conns[fd].active:
-                    up.append((fd, evs[i], None, None))
-                    continue
                 c = &self.conns[fd]
-                if not evs[i] & EPOLLIN:
-                    c.active = 0
-                    self.handed += 1
-                    up.append((fd, evs[i], None, None))
-                    continue
-                r = lt_recv(fd, self.rbuf, RECV)
-                if r == -2:
-                    continue
-                if r <= 0:                   # EOF or error: connection.py ends it
-                    c.active = 0
-                    self.handed += 1
-                    up.append((fd, evs[i], None, None))
-                    continue
-                if not tried:
-                    tried = True
-                    if not acquire and mutex.acquire(False):
-                        held, acquire = mutex, True
-                off = olen = sent = 0
-                while r - off >= 8:
+                off, end = at[j], at[j] + length[j]
+                olen = sent = 0
+                while end - off >= 8:
                     memcpy(hdr, self.rbuf + off, 8)
-                    if hdr[0] > r - off - 8:
+                    if hdr[0] > end - off - 8:
                         break
                     if not self._hot(fd, c, hdr[1], self.rbuf + off + 8, hdr[0], &olen, acquire, &now):
                         break
@@ -637,11 +659,11 @@ cdef class LeaseTable:
                         olen = sent = 0
                 if olen and not sent:
                     sent = self._flush(fd, olen)
-                if sent < olen or off < <size_t>r:
+                if sent < olen or off < end:
                     c.active = 0
                     self.handed += 1
                     up.append((fd, evs[i], self.obuf[sent:olen] if sent < olen else None,
-                               self.rbuf[off:r] if off < <size_t>r else None))
+                               self.rbuf[off:end] if off < end else None))
         finally:
             if held is not None:
                 held.release()

@@ -17,7 +17,10 @@ spends ~20 us of CPU per round trip, so 64 of them on 2 cores measure the
 clients as much as the broker when back to back; the C clients leave the
 CPUs to the broker.  Each 64-client result also gives the broker's own CPU
 time per request (`broker_us_per_request`, from /proc schedstat: robust to
-other load on the machine, unlike latencies)."""
+other load on the machine, unlike latencies) and the share of requests the
+native hot path answered (`native_share`: _native/leasetable.pyx; the rest,
+HELLO and each client's first acquire, go through Python)."""
+import json
 import multiprocessing as mp
 import os
 import random
@@ -115,7 +118,21 @@ def broker_cpu(pid):
     return t / 1e9
 
 
-def _summary(lat, nclients, pace, cpu, requests):
+def hot_answered(path):
+    """Requests the broker's native hot path has answered so far."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    try:
+        s.sendall(P.frame(P.HELLO, P.encode_kv({"proto": 1, "kind": "guest", "name": "stats"}))
+                  + P.frame(P.STATS))
+        P.recv_frame(s)
+        op, body = P.recv_frame(s)
+        return json.loads(body)["totals"].get("hot_answered", 0)
+    finally:
+        s.close()
+
+
+def _summary(lat, nclients, pace, cpu, requests, hot=None):
     lat.sort()
 
     def pct(f):
@@ -123,7 +140,8 @@ def _summary(lat, nclients, pace, cpu, requests):
     return {"clients": nclients, "samples": len(lat), "pace_ms": pace * 1e3,
             "p50_us": round(pct(0.50)), "p90_us": round(pct(0.90)),
             "p99_us": round(pct(0.99)), "max_us": round(lat[-1] * 1e6),
-            "broker_us_per_request": round(cpu / requests * 1e6, 1)}
+            "broker_us_per_request": round(cpu / requests * 1e6, 1),
+            "native_share": None if hot is None else round(hot / requests, 3)}
 
 
 def concurrent_latency(path, nclients=64, n=200, pace=0.0, broker_pid=None):
@@ -131,6 +149,7 @@ def concurrent_latency(path, nclients=64, n=200, pace=0.0, broker_pid=None):
     q, barrier = ctx.Queue(), ctx.Barrier(nclients)
     ps = [ctx.Process(target=_client, args=(path, n, pace, barrier, q, i)) for i in range(nclients)]
     cpu0 = broker_cpu(broker_pid) if broker_pid else 0.0
+    hot0 = hot_answered(path)
     for p in ps:
         p.start()
     lat = [x for _ in ps for x in q.get(timeout=600)]
@@ -138,12 +157,13 @@ def concurrent_latency(path, nclients=64, n=200, pace=0.0, broker_pid=None):
         p.join()
     cpu = broker_cpu(broker_pid) - cpu0 if broker_pid else 0.0
     # 2 requests per round trip (+ the warm-up one and HELLO per client)
-    return _summary(lat, nclients, pace, cpu, nclients * (2 * n + 3))
+    return _summary(lat, nclients, pace, cpu, nclients * (2 * n + 3), hot_answered(path) - hot0)
 
 
 def c_latency(exe, path, nclients=64, n=200, pace=0.0, broker_pid=None, tmp="/tmp"):
     out = os.path.join(tmp, f"broker_load.{os.getpid()}.bin")
     cpu0 = broker_cpu(broker_pid) if broker_pid else 0.0
+    hot0 = hot_answered(path)
     r = subprocess.run([exe, path, PROGRAM, str(nclients), str(n), str(pace * 1e6), out],
                        capture_output=True, text=True, timeout=600)
     cpu = broker_cpu(broker_pid) - cpu0 if broker_pid else 0.0
@@ -153,7 +173,7 @@ def c_latency(exe, path, nclients=64, n=200, pace=0.0, broker_pid=None, tmp="/tm
         data = f.read()
     os.unlink(out)
     lat = [x / 1e9 for x in struct.unpack(f"<{len(data) // 8}Q", data)]
-    return _summary(lat, nclients, pace, cpu, nclients * (2 * n + 3))
+    return _summary(lat, nclients, pace, cpu, nclients * (2 * n + 3), hot_answered(path) - hot0)
 
 
 def _report(kind, res):
@@ -161,7 +181,8 @@ def _report(kind, res):
     print(f"\n64 {kind} clients, {'closed loop' if not pace else f'one start per {pace:g} ms each'}: "
           f"p50 {res['p50_us']} us, p90 {res['p90_us']} us, p99 {res['p99_us']} us "
           f"(target p99 < 1000 us), max {res['max_us']} us; "
-          f"broker CPU {res['broker_us_per_request']} us per request")
+          f"broker CPU {res['broker_us_per_request']} us per request, "
+          f"{res['native_share']:.0%} answered by the native hot path")
 
 
 @pytest.mark.parametrize("pace", [0.0, 0.02], ids=["closed-loop", "paced-20ms"])
