@@ -307,3 +307,82 @@ def test_kill_9_under_load_leaves_exact_counts(broker):
                  what="every lease released")
     assert t["refs"] == 0 and t["consistent"]
     assert t["hot_answered"] > hits0 + 100
+
+
+def test_table_in_process_partial_frames_and_unsent_replies(tmp_path):
+    """The table alone, on a socketpair: a reply larger than the socket
+    takes comes back as unsent bytes (then the unread requests, in order);
+    a partial frame is handed back whole; counts follow every grant and
+    release, and a native lease taken by Python keeps its count."""
+    import select
+    from host_broker.refcount import RefCounts
+    rc = RefCounts(lease_prefix=7)
+    for k in ("a", "b"):
+        rc.track(k)
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    st = os.stat(f)
+    sid = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    plan = bytearray(200_000)
+    plan[:8] = b"LDPPLAN1"
+    payload = b"path=/x\0"
+    reply = struct.pack("<II", len(plan), P.ACQUIRE_PROGRAM | P.REPLY) + bytes(plan)
+    acq = object()
+    rc.table.register(payload, reply, [rc.ids["a"], rc.ids["b"]], [(os.fsencode(f), sid)], 0, acq)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ep = select.epoll()
+    ep.register(ours.fileno(), select.EPOLLIN)
+    rc.table.activate(ours.fileno(), 1, 0, False)
+    acq_frame = P.frame(P.ACQUIRE_PROGRAM, payload)
+    theirs.sendall(acq_frame + P.frame(P.PING) + acq_frame[:5])
+    n, up = rc.table.serve(ep.fileno())
+    assert n == 1 and len(up) == 1
+    fd, _ev, unsent, rest = up[0]
+    assert fd == ours.fileno() and unsent and len(unsent) < len(reply)
+    assert rest == P.frame(P.PING) + acq_frame[:5]       # unread, in order
+    assert dict(rc.refs) == {"a": 1, "b": 1} and rc.idle_since.get("a") is None
+    sent = theirs.recv(1 << 20, socket.MSG_DONTWAIT)
+    got = sent + b""
+    while len(got) < len(reply) - len(unsent):
+        got += theirs.recv(1 << 20, socket.MSG_DONTWAIT)
+    lid = struct.unpack_from("<Q", got, 8 + LEASE_OFF)[0]
+    assert lid >> 32 == 7 and (got + unsent)[8 + LEASE_OFF + 8:] == reply[8 + LEASE_OFF + 8:]
+    # handed back: not read any more until activated again
+    theirs.sendall(P.frame(P.PING))
+    n, up = rc.table.serve(ep.fileno())
+    assert up == [(ours.fileno(), select.EPOLLIN, None, None)]
+    ours.recv(4096)
+    rc.table.activate(ours.fileno(), 1, 0, False)
+    theirs.sendall(_rel(lid) + _rel(lid))      # the second one is not held any more: Python's
+    n, up = rc.table.serve(ep.fileno())
+    assert up[0][2] is None and up[0][3] == _rel(lid)
+    assert dict(rc.refs) == {"a": 0, "b": 0} and rc.idle_since["a"] > 0
+    assert theirs.recv(64) == struct.pack("<II", 0, P.RELEASE | P.REPLY)
+    # a native lease taken over by Python keeps its counts; close releases the rest
+    small = b"path=/y\0"
+    rc.table.register(small, struct.pack("<II", 300, P.ACQUIRE_PROGRAM | P.REPLY) + bytes(plan[:300]),
+                      [rc.ids["a"], rc.ids["b"]], [(os.fsencode(f), sid)], 0, acq)
+    acq_frame = P.frame(P.ACQUIRE_PROGRAM, small)
+    rc.table.activate(ours.fileno(), 1, 0, False)
+    theirs.sendall(acq_frame + acq_frame)
+    n, up = rc.table.serve(ep.fileno())
+    assert not up and dict(rc.refs) == {"a": 2, "b": 2}
+    assert len(theirs.recv(4096)) == 2 * 308
+    lids = sorted(lid for lid, *_ in rc.table.native_leases())
+    lease = rc.leases.get(lids[0])
+    assert lease.keys == ["a", "b"] and lease.client == 1 and lids[0] in rc.leases.py
+    rc.check()
+    assert rc.table.close(ours.fileno()) == 1
+    assert dict(rc.refs) == {"a": 1, "b": 1}
+    assert rc.drop_client(1) == 1 and dict(rc.refs) == {"a": 0, "b": 0}
+    rc.check()
+    # a file changed on disk: the entry is not used (the request goes up)
+    rc.table.activate(ours.fileno(), 1, 0, False)
+    f.write_bytes(b"yy")
+    theirs.sendall(acq_frame)
+    n, up = rc.table.serve(ep.fileno())
+    assert up[0][3] == acq_frame and dict(rc.refs) == {"a": 0, "b": 0}
+    ours.close()
+    theirs.close()

@@ -1,0 +1,189 @@
+# Included by leasetable.pyx: the hot path itself (reading the ready
+# sockets, answering the hot requests, handing the rest back).  Kept apart
+# so each file reads in one sitting.
+
+cdef Entry *entry_for(LeaseTable t, Conn *c, const char *p, uint32_t n):
+    """A valid entry for this payload and client, else NULL."""
+    cdef uint64_t h = fnv(p, n)
+    cdef Entry *e = t.et[t._eslot(h, p, n)]
+    cdef int k, ok = 0
+    cdef uint64_t sid[5]
+    cdef PyObject *pub
+    if e == NULL or e.version != t.version:
+        return NULL
+    for k in range(e.nuids):
+        if e.uids[k] == c.uid:
+            ok = 1
+    if not ok:
+        return NULL                   # Python notes the uid on the images first
+    if c.process:
+        # the plan cache file must be there for the next start
+        if t.published is None:
+            return NULL
+        pub = PyDict_GetItem(t.published, <object>e.payload_obj)
+        if pub != e.ks.acq:
+            return NULL
+    # the files are stat'ed once per batch, after every recv of the
+    # batch: a file replaced before any of its requests was sent is seen
+    if e.checked != t.batch:
+        for k in range(e.nfiles):
+            if lt_stat(e.files[k].path, sid) < 0 or memcmp(sid, e.files[k].id, sizeof(sid)) != 0:
+                return NULL
+        e.checked = t.batch
+    return e
+
+cdef int ensure_out(LeaseTable t, size_t more) except -1:
+    if more > t.ocap:
+        t.ocap = more * 2
+        t.obuf = <char *>realloc(t.obuf, t.ocap)
+        if not t.obuf:
+            raise MemoryError()
+    return 0
+
+cdef int answer(LeaseTable t, int fd, Conn *c, uint32_t op, const char *p, uint32_t n,
+              size_t *olen, bint acquire, double *now) except -1:
+    """Answer one request into obuf; 0 if it is not a hot one."""
+    cdef Entry *e
+    cdef NLease *l
+    cdef uint64_t lid = 0
+    cdef uint32_t k, hdr[2]
+    if op == OP_ACQUIRE_PROGRAM:
+        if not acquire:
+            return 0
+        e = entry_for(t, c, p, n)
+        if e == NULL:
+            return 0
+        ensure_out(t, olen[0] + e.rlen)
+        l = <NLease *>malloc(sizeof(NLease))
+        if l == NULL:
+            raise MemoryError()
+        l.id, l.client, l.fd, l.ks, l.prev = t.next_id, c.client, fd, e.ks, NULL
+        t.next_id += 1
+        e.ks.refcnt += 1
+        t._inc_ks(e.ks)
+        t._insert(l)
+        l.next = c.leases
+        if c.leases != NULL:
+            c.leases.prev = l
+        c.leases = l
+        memcpy(t.obuf + olen[0], e.reply, e.rlen)
+        memcpy(t.obuf + olen[0] + 8 + LEASE_OFF, &l.id, 8)
+        olen[0] += e.rlen
+    elif op == OP_RELEASE:
+        # exactly "lease=N\0"; anything else (object=, a Python lease) goes up
+        # at most 19 digits: no u64 overflow (ids are below 2^63)
+        if n < 8 or n > 26 or memcmp(p, b"lease=", 6) != 0 or p[n - 1] != 0:
+            return 0
+        for k in range(6, n - 1):
+            if p[k] < 48 or p[k] > 57:
+                return 0
+            lid = lid * 10 + <uint64_t>(p[k] - 48)
+        l = t._find(lid)
+        if l == NULL or l.fd != fd or l.client != c.client:
+            return 0
+        t._dec_ks(l.ks, now)
+        t._remove(l)
+        ks_drop(l.ks)
+        free(l)
+        ensure_out(t, olen[0] + 8)
+        hdr[0], hdr[1] = 0, OP_RELEASE | REPLY
+        memcpy(t.obuf + olen[0], hdr, 8)
+        olen[0] += 8
+    elif op == OP_PING and n == 0:
+        ensure_out(t, olen[0] + 8)
+        hdr[0], hdr[1] = 0, OP_PING | REPLY
+        memcpy(t.obuf + olen[0], hdr, 8)
+        olen[0] += 8
+    else:
+        return 0
+    t.hits += 1
+    return 1
+
+cdef serve_batch(LeaseTable t, int epfd, mutex):
+    cdef int fds[MAXEV], got[MAXEV]
+    cdef uint32_t evs[MAXEV]
+    cdef size_t at[MAXEV], length[MAXEV]
+    cdef int n = lt_wait(epfd, fds, evs, MAXEV), i, j, m = 0, fd
+    cdef Conn *c
+    cdef ssize_t r
+    cdef size_t off, olen, sent, used = 0, end
+    cdef uint32_t hdr[2]
+    cdef double now = -1
+    cdef bint acquire = mutex is None
+    if n <= 0:
+        return 0, None
+    up = []
+    # every ready socket is read first, then answered: a file stat'ed
+    # while answering is then stat'ed after every request of the batch
+    # was sent (once per entry and batch, not per request)
+    for i in range(n):
+        fd = fds[i]
+        if fd >= t.nconn or not t.conns[fd].active:
+            up.append((fd, evs[i], None, None))
+            continue
+        c = &t.conns[fd]
+        if not evs[i] & EPOLLIN:
+            c.active = 0
+            t.handed += 1
+            up.append((fd, evs[i], None, None))
+            continue
+        if RECV - used < 4096:
+            continue                     # level-triggered: next round
+        r = lt_recv(fd, t.rbuf + used, min(RECV - used, 65536))
+        if r == -2:
+            continue
+        if r <= 0:                       # EOF or error: connection.py ends it
+            c.active = 0
+            t.handed += 1
+            up.append((fd, evs[i], None, None))
+            continue
+        got[m], at[m], length[m] = i, used, r
+        used += r
+        m += 1
+    if m == 0:
+        return n, up
+    t.batch += 1
+    held = None
+    if not acquire and mutex.acquire(False):
+        # a build thread evicting holds it: acquires go up meanwhile
+        held, acquire = mutex, True
+    try:
+        for j in range(m):
+            i = got[j]
+            fd = fds[i]
+            c = &t.conns[fd]
+            off, end = at[j], at[j] + length[j]
+            olen = sent = 0
+            while end - off >= 8:
+                memcpy(hdr, t.rbuf + off, 8)
+                if hdr[0] > end - off - 8:
+                    break
+                if not answer(t, fd, c, hdr[1], t.rbuf + off + 8, hdr[0], &olen, acquire, &now):
+                    break
+                off += 8 + hdr[0]
+                if olen >= FLUSH_AT:
+                    sent = flush_out(t, fd, olen)
+                    if sent < olen:
+                        break
+                    olen = sent = 0
+            if olen and not sent:
+                sent = flush_out(t, fd, olen)
+            if sent < olen or off < end:
+                c.active = 0
+                t.handed += 1
+                up.append((fd, evs[i], t.obuf[sent:olen] if sent < olen else None,
+                           t.rbuf[off:end] if off < end else None))
+    finally:
+        if held is not None:
+            held.release()
+    return n, up
+
+cdef size_t flush_out(LeaseTable t, int fd, size_t olen):
+    cdef size_t done = 0
+    cdef ssize_t s
+    while done < olen:
+        s = lt_send(fd, t.obuf + done, olen - done)
+        if s <= 0:                  # full (0) or broken (<0): connection.py's send decides
+            break
+        done += <size_t>s
+    return done
