@@ -69,6 +69,7 @@ int ldp_dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *
 {
     struct it c = {cb, data, 0, 0, 0, 0};
     struct dl_phdr_info i;
+    if (!real_iterate) ldp_iterate_setup();   /* a preload's initialiser (ASan's) runs before main */
     real_iterate(counts, &c);
     if (ldp_main != LDP_NONE) {
         fill(&i, ldp_objs[ldp_main], &c);
@@ -88,6 +89,7 @@ int ldp_dl_iterate_phdr(int (*cb)(struct dl_phdr_info *, size_t, void *), void *
 int ldp_dl_find_object(void *pc, struct dl_find_object *res)
 {
     struct ldp_rt *r = ldp_find_addr(pc);
+    if (!real_find) ldp_iterate_setup();
     if (!r) return real_find(pc, res);
     memset(res, 0, sizeof *res);
     res->dlfo_map_start = (void *)r->o->map_start;
