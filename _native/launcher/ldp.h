@@ -38,6 +38,11 @@ int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t poo
                    char *err, size_t errlen);
 static inline const char *ldp_str(const struct ldp_plan *p, uint32_t off) { return p->str + off; }
 
+/* ---- libraries that replace glibc's allocator, preloaded by ld.so (hosted.c) ---- */
+int ldp_hosted_active(void);                               /* started again for them */
+void ldp_hosted_preload(const struct ldp_plan *p, char **argv);  /* execs when one is missing */
+void ldp_hosted_restore_env(void);                        /* LD_PRELOAD as the user gave it */
+
 /* ---- runtime objects: global index space across the program's plan and
  *      later dlopen plans (objects.c) ---- */
 enum { LDP_ST_MAPPED = 1, LDP_ST_RELOCATED = 2, LDP_ST_INITED = 3, LDP_ST_FINISHED = 4, LDP_ST_GONE = 5 };

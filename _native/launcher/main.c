@@ -86,6 +86,7 @@ static const char *find_program(const char *prog, char *buf, size_t n)
 static void fallback(const char *path, char **argv, const char *why, int direct)
 {
     ldp_note("note: running %s %s: %s", argv[0], direct ? "without ldpool" : "under ld.so", why);
+    ldp_hosted_restore_env();
     if (direct) {
         execv(path, argv);
         ldp_die(127, "%s: %s", path, strerror(errno));
@@ -214,7 +215,7 @@ int main(int argc, char **argv, char **envp)
      * must get them from the pool instead (once, in its own scope): start
      * again without them, remembering them for the plan and the program */
     const char *pre = getenv("LD_PRELOAD");
-    if (pre && *pre && preload_interposes()) {
+    if (pre && *pre && (ldp_hosted_active() || preload_interposes())) {
         /* a malloc replacement or sanitizer runtime: glibc is already bound
          * to it, so it stays with ld.so; pooled code binds to it through
          * dlvsym(RTLD_DEFAULT) like to any glibc symbol */
@@ -309,6 +310,7 @@ again:
     if (ok < 0) ldp_die(127, "%s%s", ok == -2 ? "" : "bad plan: ", err);
     lap(2);
     if (p->h->first_index != 0) ldp_die(127, "bad plan: not a program plan");
+    ldp_hosted_preload(p, argv);   /* an allocator library ld.so must load first */
     for (uint32_t k = 0; k < p->h->nglibc; k++)
         if (!dlopen(ldp_str(p, p->glibc[k]), RTLD_NOW | RTLD_GLOBAL)) ldp_die(127, "%s", dlerror());
     lap(3);
@@ -344,6 +346,7 @@ again:
     ldp_run_inits(p, ldp_argc, ldp_argv, environ);
     lap(8);
     report_timing(route);
+    ldp_hosted_restore_env();
     const char *moved = getenv("LDPOOL_PRELOAD");
     if (moved) {
         setenv("LD_PRELOAD", moved, 1);
