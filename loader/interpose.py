@@ -38,10 +38,11 @@ class NotPoolable(LdpoolError):
     exit_code = 127
 
 
-def interpositions(scope):
-    """[Interposed] for the data glibc's family would bind to pooled
-    definitions, one per (name, version); NotPoolable for a function."""
-    out, copies = {}, {}
+def _glibc_bound_out(scope):
+    """(glibc index i, bind result b, row r, name, version, is_function)
+    for every GOT word of glibc's family that binds to a definition outside
+    it, once per (name, version)."""
+    seen = set()
     for i in range(len(scope)):
         if not scope.is_glibc(i):
             continue
@@ -53,7 +54,7 @@ def interpositions(scope):
             if t not in (R_64, R_GLOB_DAT, R_JUMP_SLOT) or tgt < 0 or scope.is_glibc(tgt):
                 continue
             name, ver = import_name(elf, b.symidx[r])
-            if (name, ver) in out:
+            if (name, ver) in seen:
                 continue
             found = scope.lookup(name, ver, i)
             if found is None or found[0] != tgt:
@@ -63,13 +64,35 @@ def interpositions(scope):
                 # a non-PIE program's canonical PLT entry: glibc's slot points
                 # at a jump back into glibc; only pointer identity is at stake
                 continue
-            if t == R_JUMP_SLOT or sym.info & 0xF in (STT_FUNC, STT_GNU_IFUNC):
-                raise NotPoolable(f"{scope.elf(tgt).path} defines {name}, which glibc calls: it "
-                                  "cannot be pooled (glibc is already bound to its own)")
-            if b.value[r] in copies.setdefault(tgt, _copy_targets(scope, tgt)):
-                continue                     # a COPY relocation: its own fixup repoints glibc
-            out[(name, ver)] = Interposed(name, ver, i, tgt, b.value[r], max(b.symsize[r], 1),
-                                          name in STARTUP_WRITTEN)
+            seen.add((name, ver))
+            yield i, b, r, name, ver, t == R_JUMP_SLOT or sym.info & 0xF in (STT_FUNC, STT_GNU_IFUNC)
+
+
+def hosted_libraries(scope, main=0):
+    """Indices of the libraries (not the program `main`) that define a
+    function glibc calls (malloc & co.): glibc must be bound to them before
+    it runs, so ld.so loads them into the launcher (preloaded) and the plan
+    treats them as glibc's family."""
+    out = set()
+    for _i, b, r, _name, _ver, func in _glibc_bound_out(scope):
+        if func and b.target[r] != main:
+            out.add(b.target[r])
+    return sorted(out)
+
+
+def interpositions(scope):
+    """[Interposed] for the data glibc's family would bind to pooled
+    definitions, one per (name, version); NotPoolable for a function."""
+    out, copies = {}, {}
+    for i, b, r, name, ver, func in _glibc_bound_out(scope):
+        tgt = b.target[r]
+        if func:
+            raise NotPoolable(f"{scope.elf(tgt).path} defines {name}, which glibc calls: it "
+                              "cannot be pooled (glibc is already bound to its own)")
+        if b.value[r] in copies.setdefault(tgt, _copy_targets(scope, tgt)):
+            continue                     # a COPY relocation: its own fixup repoints glibc
+        out[(name, ver)] = Interposed(name, ver, i, tgt, b.value[r], max(b.symsize[r], 1),
+                                      name in STARTUP_WRITTEN)
     return list(out.values())
 
 

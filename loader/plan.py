@@ -34,7 +34,7 @@ from loader.scope import Scope
 from loader.fixups import Imports, libc_values, object_fixups
 from loader.image import image_key, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, relro_range
 from loader.initorder import init_order
-from loader.interpose import interpositions
+from loader.interpose import NotPoolable, hosted_libraries, interpositions
 from loader.segments import object_segments
 
 
@@ -131,6 +131,46 @@ def _text_in_pool(source, text_in_pool):
     return text_in_pool
 
 
+SANITIZER_INITS = ("__asan_init", "__tsan_init", "__msan_init", "__lsan_init", "__hwasan_init")
+
+
+def _host_allocators(resolution):
+    """Libraries that replace a function glibc calls (a malloc in a
+    DT_NEEDED library) are left to ld.so like glibc's family: the launcher
+    has ld.so preload them (by path) before glibc runs, and pooled code
+    binds to them by name.  Marks them on the resolution, so that its later
+    dlopen plans agree."""
+    objs = resolution.objects
+    main = 0 if objs and getattr(objs[0], "kind", "main") == "main" else -1
+    pos = {id(o): k for k, o in enumerate(objs)}
+    while True:                # ld.so loads their dependencies too: so may they
+        scope = Scope.from_resolution(resolution)
+        found = hosted_libraries(scope, main)
+        if not found:
+            return
+        for name in SANITIZER_INITS:
+            d = scope.lookup(name)
+            if d is not None and not scope.is_glibc(d[0]) and scope.elf(d[0]).symbol(d[1]).shndx:
+                # it would check and report the launcher's memory and maps
+                raise NotPoolable(f"{objs[d[0]].path} is a sanitizer runtime: it cannot be pooled")
+        queue = [objs[k] for k in found]
+        while queue:
+            o = queue.pop()
+            if o is None or o.is_glibc or pos.get(id(o)) in (None, main):
+                continue
+            o.is_glibc = True
+            o.hosted = True
+            queue.extend(o.deps)
+
+
+def _family_name(o):
+    """What the launcher dlopens for a glibc-family object: its soname, or
+    for a hosted library the path ld.so preloaded it by."""
+    if getattr(o, "hosted", False):
+        return os.path.abspath(o.elf.path)
+    return o.soname or o.path.rsplit("/", 1)[-1]
+
+
 def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, lease=0,
                static_tls_used=0, with_stats=False, text_in_pool=None):
     """The plan of a program: every object of `resolution` (a
@@ -144,6 +184,7 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
     if version_errors:
         raise ResolveError(version_errors[0])
     bind_now = bind_now or _env_bind_now(resolution)
+    _host_allocators(resolution)
     planned = set(range(len(objs)))
     entries, placed, gindex = _placements(objs, source, first_index, planned)
     pooled = [k for k in range(len(objs)) if k in placed]
@@ -278,7 +319,7 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
     data.imports = ctx.imports.rows
     data.slots = [(k, imp, g, flags) for k, (imp, g, flags) in sorted(ctx.slots.items())]
     data.init = [gindex[k] for k in init]
-    data.glibc = [strings.add(objs[k].soname or objs[k].path.rsplit("/", 1)[-1]) for k in glibc
+    data.glibc = [strings.add(_family_name(objs[k])) for k in glibc
                   if not (objs[k].soname or "").startswith("ld-linux")]
     blob = pf.pack(data)
     return (blob, counts) if with_stats else blob

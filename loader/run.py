@@ -17,11 +17,13 @@ SHN_UNDEF = 0
 STANDARD_INTERP = ("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
 
 # Definitions that replace glibc internals: glibc is already bound to its
-# own allocator (and sanitizers hook it before anything runs), so a process
-# that contains them must be left entirely to ld.so.
+# own allocator (and sanitizers hook it before anything runs), so a program
+# that defines them itself must be left entirely to ld.so.
 INTERPOSED = ("malloc", "free", "calloc", "realloc", "memalign", "posix_memalign", "aligned_alloc",
-              "valloc", "pvalloc", "malloc_usable_size", "__asan_init", "__tsan_init",
-              "__msan_init", "__lsan_init", "__hwasan_init")
+              "valloc", "pvalloc", "malloc_usable_size")
+# Sanitizer runtimes check and report the whole process (the launcher's
+# memory and maps too): left to ld.so wherever they are defined.
+RUNTIMES = ("__asan_init", "__tsan_init", "__msan_init", "__lsan_init", "__hwasan_init")
 # Environment the launcher does not emulate: ld.so's auditing and profiling.
 UNSUPPORTED_ENV = ("LD_AUDIT", "LD_PROFILE")
 
@@ -108,11 +110,17 @@ def check_program(path, env):
     scope = Scope.from_resolution(res)
     for name in INTERPOSED:
         found = scope.lookup(name)
-        # a non-PIE program's canonical PLT entry (undefined, st_value set)
-        # only fixes the function's address: glibc's own still runs
+        # only the program's own: a library that defines them is preloaded
+        # into the launcher (hosted.c); a non-PIE program's canonical PLT
+        # entry (undefined, st_value set) only fixes the function's address
+        if (found is not None and found[0] == 0 and not scope.is_glibc(0)
+                and scope.elf(0).symbol(found[1]).shndx != SHN_UNDEF):
+            raise Fallback(f"{res.objects[0].path} replaces glibc's {name}")
+    for name in RUNTIMES:
+        found = scope.lookup(name)
         if (found is not None and not scope.is_glibc(found[0])
                 and scope.elf(found[0]).symbol(found[1]).shndx != SHN_UNDEF):
-            raise Fallback(f"{res.objects[found[0]].path} replaces glibc's {name}")
+            raise Fallback(f"{res.objects[found[0]].path} is a sanitizer runtime")
 
 
 def run(args):

@@ -118,6 +118,11 @@ def test_fallbacks(env, tmp_path):
     subprocess.run(["cc", "-shared", "-fPIC", "-o", tmp_path / "libmymalloc.so", tmp_path / "m.c"], check=True)
     subprocess.run(["cc", "-o", tmp_path / "usesmalloc", tmp_path / "p.c", "-L", tmp_path, "-lmymalloc",
                     "-Wl,--no-as-needed", "-Wl,-rpath," + str(tmp_path)], check=True)
-    got = ldrun(str(tmp_path / "usesmalloc"), env=env)
+    # a library's malloc is preloaded into the launcher: no fallback
+    # (tests/test_malloc_replacement.py); the program's own is
+    got = ldrun("--no-fallback", str(tmp_path / "usesmalloc"), env=env)
+    assert (got.returncode, got.stderr) == (5, b"")
+    subprocess.run(["cc", "-o", tmp_path / "ownmalloc", tmp_path / "p.c", tmp_path / "m.c"], check=True)
+    got = ldrun(str(tmp_path / "ownmalloc"), env=env)
     assert got.returncode == 5 and b"replaces glibc's malloc" in got.stderr
-    one_line_error(ldrun("--no-fallback", str(tmp_path / "usesmalloc"), env=env), "replaces glibc's malloc")
+    one_line_error(ldrun("--no-fallback", str(tmp_path / "ownmalloc"), env=env), "replaces glibc's malloc")
