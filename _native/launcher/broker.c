@@ -55,7 +55,12 @@ int ldp_socket_path(char *out, size_t n)
 {
     const char *s = ldp_socket_opt ? ldp_socket_opt : getenv("LDPOOL_SOCKET");
     const char *x = getenv("XDG_RUNTIME_DIR");
-    if (s && *s) return snprintf(out, n, "%s", s) >= (int)n ? -1 : 0;
+    if (s && *s) {   /* the usual case, without printf's deep stack */
+        size_t l = strlen(s);
+        if (l >= n) return -1;
+        memcpy(out, s, l + 1);
+        return 0;
+    }
     if (x && *x) return snprintf(out, n, "%s/ldpool/broker.sock", x) >= (int)n ? -1 : 0;
     return snprintf(out, n, "/tmp/ldpool-%u/broker.sock", (unsigned)getuid()) >= (int)n ? -1 : 0;
 }

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define FAST_MAGIC "LDPFAST1"
@@ -176,9 +177,20 @@ void *ldp_fast_acquire(const char *path, const char *argv0, size_t *len, uint64_
 {
     size_t reqlen, flen;
     const void *req = ldp_broker_request(path, argv0, &reqlen);
-    char sock[PATH_MAX], file[PATH_MAX + 32];
-    if (ldp_socket_path(sock, sizeof sock) < 0) { miss(why, whylen, "socket path too long"); return NULL; }
-    snprintf(file, sizeof file, "%s.plans/%016lx", sock, fnv1a64(req, reqlen));
+    /* small buffers, no printf: every stack page the launcher touches is a
+     * page fault (~3 us here), and a socket path longer than sun_path
+     * cannot be connected to anyway (the slow path says so) */
+    char file[sizeof ((struct sockaddr_un *)0)->sun_path + 32];
+    size_t sl;
+    if (ldp_socket_path(file, sizeof ((struct sockaddr_un *)0)->sun_path) < 0) {
+        miss(why, whylen, "socket path too long");
+        return NULL;
+    }
+    sl = strlen(file);
+    memcpy(file + sl, ".plans/", 7);
+    uint64_t hash = fnv1a64(req, reqlen);
+    for (int i = 0; i < 16; i++) file[sl + 7 + i] = "0123456789abcdef"[(hash >> (60 - 4 * i)) & 15];
+    file[sl + 23] = 0;
     unsigned char *buf = read_cache_file(file, &flen, why, whylen);
     if (!buf) return NULL;
     const struct fast_hdr *h = (const void *)buf;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static uint64_t lease;           /* of our program; 0 while unknown (or refused) */
@@ -105,12 +106,15 @@ void *ldp_broker_acquire_program(const char *path, const char *argv0, size_t *le
  * answers: the slow path starts one. */
 int ldp_broker_announce(const void *plan, size_t len, uint64_t plan_epoch)
 {
-    char sock[PATH_MAX], err[256];
+    /* sun_path-sized: a longer path cannot be connected to (and a small
+     * frame is fewer stack pages touched) */
+    char sock[sizeof ((struct sockaddr_un *)0)->sun_path], err[256];
     if (ldp_socket_path(sock, sizeof sock) < 0) return -1;
     /* the broker's door for clients that do not wait (host_broker/fastdoor.py):
      * answered there, the broker does not preempt our start-up */
-    char door[PATH_MAX + 8];
-    snprintf(door, sizeof door, "%s.fast", sock);
+    char door[sizeof sock + 8];
+    memcpy(door, sock, strlen(sock));
+    memcpy(door + strlen(sock), ".fast", 6);
     int fd = br_try_connect(door);
     if (fd < 0) fd = br_try_connect(sock);
     if (fd < 0) return -1;

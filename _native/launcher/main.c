@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 /* LDPOOL_TIMING=1: where the launcher's time goes, one line on stderr */
 static int timing;
 static double t_prev, t_acc[10];
+static long f_prev, f_acc[10];   /* minor page faults: most of a phase's cost on a small program */
 static const char *const t_names[10] = {"setup", "broker", "check", "glibc", "map", "imports", "fixups",
                                          "tls", "init"};
 
@@ -28,8 +30,10 @@ static void lap(int phase)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     double now = ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-    if (phase >= 0) t_acc[phase] += now - t_prev;
-    t_prev = now;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    if (phase >= 0) t_acc[phase] += now - t_prev, f_acc[phase] += ru.ru_minflt - f_prev;
+    t_prev = now, f_prev = ru.ru_minflt;
 }
 
 static void report_timing(const char *route)
@@ -38,7 +42,9 @@ static void report_timing(const char *route)
     char line[512];
     int n = snprintf(line, sizeof line, "ldpool-exec: timing (us):");
     for (int i = 0; i < 9; i++) n += snprintf(line + n, sizeof line - n, " %s=%.0f", t_names[i], t_acc[i]);
-    snprintf(line + n, sizeof line - n, " path=%s\n", route);
+    n += snprintf(line + n, sizeof line - n, " path=%s faults:", route);
+    for (int i = 0; i < 9; i++) n += snprintf(line + n, sizeof line - n, " %ld", f_acc[i]);
+    snprintf(line + n, sizeof line - n, "\n");
     ssize_t w = write(2, line, strlen(line));
     (void)w;
 }
@@ -232,7 +238,10 @@ int main(int argc, char **argv, char **envp)
     ldp_tls_setup();
     ldp_iterate_setup();
     ldp_dl_setup();
-    char pbuf[PATH_MAX], abuf[PATH_MAX];
+    /* static, not on the stack: main's frame stays live under the program's
+     * stack (start.c builds it below), so 12 KiB of buffers here would put
+     * the program's first stack pages on pages nobody has touched yet */
+    static char pbuf[PATH_MAX], abuf[PATH_MAX], interp[4096];
     const char *prog = argv[i];
     const char *path = find_program(prog, pbuf, sizeof pbuf);
     ldp_progname = prog;
@@ -243,7 +252,6 @@ int main(int argc, char **argv, char **envp)
     ldp_argc = argc - i;
     ldp_argv = argv + i;
     const char *execfn = path;   /* as execve would have been given it */
-    char interp[4096];
     int kind = classify(path, interp, sizeof interp);
     if (kind == 2) run_script(argv, i, interp, path);
     const char *direct = kind == 1 ? "a static program" : kind == 3 ? interp : NULL;
