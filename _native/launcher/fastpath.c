@@ -66,6 +66,14 @@ static int miss(char *why, size_t n, const char *fmt, ...)
     return -1;
 }
 
+/* asked once: both the plan file and the pool must be ours */
+static uid_t euid(void)
+{
+    static uid_t u = (uid_t)-1;
+    if (u == (uid_t)-1) u = geteuid();
+    return u;
+}
+
 static uint64_t fnv1a64(const unsigned char *p, size_t n)
 {
     uint64_t h = 0xcbf29ce484222325ull;
@@ -86,7 +94,7 @@ static unsigned char *read_cache_file(const char *file, size_t *len, char *why, 
     if (fd < 0) { miss(why, n, "no plan cache file %s", file); return NULL; }
     struct stat st;
     unsigned char *buf = NULL;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != euid() ||
         (size_t)st.st_size < sizeof(struct fast_hdr) || (size_t)st.st_size > MAX_FILE) {
         miss(why, n, "%s: not a plan cache file of ours", file);
     } else if (!(buf = malloc(st.st_size))) {
@@ -138,7 +146,7 @@ static int open_pool(const char *name, const struct fast_hdr *h, struct pool_hdr
     int fd = shm_open(name, O_RDONLY, 0);
     if (fd < 0) return miss(why, n, "pool %s: %s", name, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) < 0 || st.st_uid != geteuid() || (uint64_t)st.st_size != h->pool_size ||
+    if (fstat(fd, &st) < 0 || st.st_uid != euid() || (uint64_t)st.st_size != h->pool_size ||
         pread(fd, ph, sizeof *ph, 0) != (ssize_t)sizeof *ph || memcmp(ph->magic, POOL_MAGIC, 8) != 0 ||
         ph->version != POOL_VERSION || ph->pool_size != h->pool_size || ph->epoch != h->epoch ||
         ph->pin_off < sizeof *ph || ph->pin_slots > (h->pool_size - ph->pin_off) / 8) {
@@ -206,6 +214,7 @@ void *ldp_fast_acquire(const char *path, const char *argv0, size_t *len, uint64_
         goto fail;
     }
     ldp_pool_fd = ldp_move_high(fd);
+    ldp_window_lo = ph.window, ldp_window_size = ph.window_size, ldp_window_known = 1;
     *pool_size = h->pool_size;
     *len = h->plan_len;
     return buf + h->off_plan;
@@ -242,4 +251,5 @@ void ldp_fast_abandon(void)
     ldp_broker_forget();
     if (ldp_pool_fd >= 0) close(ldp_pool_fd);   /* the pins go with it */
     ldp_pool_fd = -1;
+    ldp_window_known = 0;
 }

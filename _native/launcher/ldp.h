@@ -216,5 +216,12 @@ void *ldp_fast_acquire(const char *path, const char *argv0, size_t *len, uint64_
 int ldp_fast_check_plan(const struct ldp_plan *p, const struct stat *prog, char *why, size_t whylen);
 /* Give the fast path up: pins, pool descriptor and connection dropped. */
 void ldp_fast_abandon(void);
+/* the pool's placement window when the fast path has read its header
+ * (slots.c checks the stub region against it without reading it again) */
+extern uint64_t ldp_window_lo, ldp_window_size;
+extern int ldp_window_known;
+/* the program's file as main.c opened it to classify it (-1: none): the
+ * mapping of the main object uses it instead of opening the file again */
+extern int ldp_prog_fd;
 
 #endif

@@ -114,8 +114,8 @@ static int classify(const char *path, char *interp, size_t n)
     unsigned char b[4096];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) ldp_die(126, "%s: %s", path, strerror(errno));
-    ssize_t got = read(fd, b, sizeof b - 1);
-    close(fd);
+    ssize_t got = pread(fd, b, sizeof b - 1, 0);
+    ldp_prog_fd = fd;   /* mapping.c maps the program from it; closed once mapped */
     if (got >= 2 && b[0] == '#' && b[1] == '!') {
         b[got] = 0;
         char *nl = strchr((char *)b, '\n');
@@ -339,6 +339,8 @@ again:
         if (mapped == -1 && !nofallback && !planfile) fallback(path, argv + i, err, 0);
         ldp_die(127, "%s", err);
     }
+    if (ldp_prog_fd >= 0) close(ldp_prog_fd);   /* a plan mapping nothing from the file */
+    ldp_prog_fd = -1;
     ldp_set_identity(path);
     ldp_procself_setup(path);
     lap(4);

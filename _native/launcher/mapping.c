@@ -47,9 +47,19 @@ static int map_at(uint64_t addr, uint64_t len, int prot, int flags, int fd, uint
 /* The object's file, if it still is the one the plan was built from (the
  * pool holds only the pages relocation changed: any other file's text
  * would not match them).  -1 with err set, -2 when the file changed. */
+int ldp_prog_fd = -1;
+
 static int open_file(struct ldp_plan *p, const struct ldp_obj *o, char *err, size_t errlen)
 {
-    int fd = open(ldp_str(p, o->path), O_RDONLY | O_CLOEXEC);
+    int fd = -1;
+    if ((o->flags & LDP_OBJ_MAIN) && ldp_prog_fd >= 0) {
+        /* opened by main.c (one open of the program, not two); checked
+         * below like any other */
+        fd = ldp_prog_fd;
+        ldp_prog_fd = -1;
+    } else {
+        fd = open(ldp_str(p, o->path), O_RDONLY | O_CLOEXEC);
+    }
     if (fd < 0) {
         snprintf(err, errlen, "%s: cannot open: %s", ldp_str(p, o->path), strerror(errno));
         return errno == ENOENT ? -2 : -1;

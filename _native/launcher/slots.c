@@ -21,11 +21,17 @@ static uint32_t nfilled, capfilled;
 /* A broker's pool starts with a header naming the epoch's placement window
  * (docs/protocol.md): the stubs and slots must lie in it.  A --plan debug
  * pool (loader.localpool) has no header and no such check. */
+uint64_t ldp_window_lo, ldp_window_size;
+int ldp_window_known;
+
 static int outside_window(int poolfd, const struct ldp_plan_hdr *h)
 {
     struct { char magic[8]; uint32_t version, hsize; uint64_t size, epoch, window, window_size; } ph;
-    if (pread(poolfd, &ph, sizeof ph, 0) != (ssize_t)sizeof ph || memcmp(ph.magic, "LDPPOOL1", 8) != 0)
+    if (ldp_window_known) {
+        ph.window = ldp_window_lo, ph.window_size = ldp_window_size;
+    } else if (pread(poolfd, &ph, sizeof ph, 0) != (ssize_t)sizeof ph || memcmp(ph.magic, "LDPPOOL1", 8) != 0) {
         return 0;
+    }
     uint64_t lo = ph.window, hi = ph.window + ph.window_size;
     return h->stubs_addr < lo || h->stubs_addr + h->stubs_size > hi ||
            h->slots_addr < lo || h->slots_addr + h->slots_size > hi;
