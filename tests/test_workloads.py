@@ -46,3 +46,140 @@ def test_gdb_loads_libthread_db(env):
     out = [re.sub(rb"process \d+", b"process N", run(argv, env, pooled).stdout) for pooled in (False, True)]
     assert b"libthread_db enabled" in out[0]
     assert out[1] == out[0]
+
+
+def test_nss_gconv_and_locale(env):
+    # NSS modules, gconv modules and locale archives are loaded by glibc
+    # itself, from ld.so's side of the process
+    same(["getent", "passwd", "root"], env)
+    same(["getent", "hosts", "localhost"], env)
+    same(["id", "root"], env)
+    same(["iconv", "-f", "latin1", "-t", "utf-8"], env, input=bytes(range(160, 256)))
+    same(["iconv", "-f", "utf-8", "-t", "SHIFT_JIS"], env, input="日本語テキスト".encode())
+    same(["sort"], env, input="é\ne\nf\nE\n".encode(), extra_env={"LC_ALL": "C.UTF-8"})
+    same(["date", "-d", "@0", "+%c %A"], env, extra_env={"LC_ALL": "C.UTF-8", "TZ": "Europe/Paris"})
+
+
+SPAWN = """
+import multiprocessing as mp, hashlib, sys
+def f(x):
+    return hashlib.sha256(bytes([x])).hexdigest()[:6]
+if __name__ == '__main__':
+    for method in sys.argv[1:]:
+        with mp.get_context(method).Pool(2) as p:
+            print(method, p.map(f, range(8)))
+"""
+
+
+def test_python_multiprocessing(env, tmp_path):
+    script = tmp_path / "mp.py"
+    script.write_text(SPAWN)
+    same([PY, str(script), "fork", "spawn", "forkserver"], env)
+
+
+MISC = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <link.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char **environ;
+static sigjmp_buf jb;
+static __thread int tv = 5;
+static void h1(void) { puts("atexit 1"); }
+static void h2(void) { puts("atexit 2"); }
+__attribute__((constructor)) static void ctor(void) { puts("constructor"); }
+__attribute__((destructor)) static void dtor(void) { puts("destructor"); }
+static void onsegv(int s) { siglongjmp(jb, s); }
+static void *th(void *a) { tv += (long)a; return (void *)(long)tv; }
+static int count(struct dl_phdr_info *i, size_t s, void *d) { ++*(int *)d; return 0; }
+int main(int argc, char **argv)
+{
+    atexit(h1);
+    atexit(h2);
+    signal(SIGSEGV, onsegv);
+    int s = sigsetjmp(jb, 1);
+    if (!s) *(volatile int *)0 = 1;
+    printf("caught %d\n", s);
+    pid_t p;
+    int st;
+    char *av[] = {"sh", "-c", "exit 4", NULL};
+    posix_spawn(&p, "/bin/sh", NULL, NULL, av, environ);
+    waitpid(p, &st, 0);
+    printf("posix_spawn %d\n", WEXITSTATUS(st));
+    if (!(p = vfork())) { execl("/bin/sh", "sh", "-c", "exit 5", NULL); _exit(9); }
+    waitpid(p, &st, 0);
+    printf("vfork %d\n", WEXITSTATUS(st));
+    if (!(p = fork())) { printf("child tv %d\n", tv); exit(2); }
+    waitpid(p, &st, 0);
+    printf("fork %d\n", WEXITSTATUS(st));
+    pthread_t t[4];
+    void *r;
+    long sum = 0;
+    for (long i = 0; i < 4; i++) pthread_create(&t[i], 0, th, (void *)i);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], &r), sum += (long)r;
+    printf("tls %ld %d\n", sum, tv);
+    printf("auxv %lu %s %s\n", getauxval(AT_PAGESZ), (char *)getauxval(AT_EXECFN), program_invocation_short_name);
+    int n = 0;
+    dl_iterate_phdr(count, &n);
+    void *z = dlopen("libz.so.1", RTLD_NOW);
+    Dl_info di;
+    dladdr(dlsym(z, "zlibVersion"), &di);
+    printf("objects %d, %s %s\n", n, di.dli_fname, di.dli_sname);
+    fflush(stdout);
+    if (argc > 1 && !strcmp(argv[1], "abort")) abort();
+    if (argc > 1 && !strcmp(argv[1], "segv")) signal(SIGSEGV, SIG_DFL), raise(SIGSEGV);
+    return argc > 1 ? 3 : 0;
+}
+"""
+
+
+def test_c_process_features(env, tmp_path):
+    src = tmp_path / "misc.c"
+    src.write_text(MISC)
+    subprocess.run(["cc", "-O1", "-o", tmp_path / "misc", src, "-pthread"], check=True)
+    for arg in ([], ["abort"], ["segv"], ["exit"]):
+        got = same([str(tmp_path / "misc")] + arg, env)
+    assert got.returncode == 3 and b"atexit 2\natexit 1\ndestructor\n" in got.stdout
+
+
+EXC = r"""
+#include <iostream>
+#include <regex>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+struct S { ~S() { std::cout << "unwound\n"; } };
+static int f(int x) { S s; if (x) throw std::out_of_range("oor"); return 1; }
+int main()
+{
+    try { f(1); } catch (const std::exception &e) { std::cout << e.what() << "\n"; }
+    try { std::vector<int>().at(3); } catch (std::out_of_range &e) { std::cout << "at\n"; }
+    std::vector<std::thread> ts;
+    int n[4] = {};
+    for (int i = 0; i < 4; i++) ts.emplace_back([&n, i] { try { throw i; } catch (int k) { n[k] = 2 * k; } });
+    for (auto &t : ts) t.join();
+    std::smatch m;
+    std::string s = "mail a@b x";
+    std::regex_search(s, m, std::regex("(\\w+)@(\\w+)"));
+    std::cout << n[0] + n[1] + n[2] + n[3] << " " << m[2] << std::endl;
+    throw 42;    /* terminate: SIGABRT, with libstdc++'s message on stderr */
+}
+"""
+
+
+def test_cxx_exceptions_threads_terminate(env, tmp_path):
+    src = tmp_path / "exc.cc"
+    src.write_text(EXC)
+    subprocess.run(["c++", "-O1", "-o", tmp_path / "exc", src, "-pthread"], check=True)
+    got = same([str(tmp_path / "exc")], env)
+    assert got.returncode < 0 and b"unwound\noor\nat\n12 b\n" == got.stdout
