@@ -323,6 +323,17 @@ cdef class LeaseTable:
             raise ValueError(f"descriptor {fd} still holds leases of client {c.client}")
         c.client, c.uid, c.process, c.active = client, uid, process, 1
 
+    def acquire(self, int fd, int64_t client, uint32_t uid, bint process, bytes payload):
+        """A cached program acquire read by Python (not yet hot connection):
+        the plan, its lease native (released by close(fd) like the others),
+        or None.  The plan's files are stat'ed now."""
+        self._conn(fd)
+        cdef Conn *c = &self.conns[fd]
+        if c.leases != NULL and c.client != client:
+            raise ValueError(f"descriptor {fd} still holds leases of client {c.client}")
+        c.client, c.uid, c.process = client, uid, process
+        return acquire_plan(self, fd, payload)
+
     def deactivate(self, int fd):
         if fd < self.nconn:
             self.conns[fd].active = 0

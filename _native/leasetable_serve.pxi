@@ -2,7 +2,7 @@
 # sockets, answering the hot requests, handing the rest back).  Kept apart
 # so each file reads in one sitting.
 
-cdef Entry *entry_for(LeaseTable t, Conn *c, const char *p, uint32_t n):
+cdef Entry *entry_for(LeaseTable t, Conn *c, const char *p, uint32_t n, bint fresh=False):
     """A valid entry for this payload and client, else NULL."""
     cdef uint64_t h = fnv(p, n)
     cdef Entry *e = t.et[t._eslot(h, p, n)]
@@ -25,11 +25,12 @@ cdef Entry *entry_for(LeaseTable t, Conn *c, const char *p, uint32_t n):
             return NULL
     # the files are stat'ed once per batch, after every recv of the
     # batch: a file replaced before any of its requests was sent is seen
-    if e.checked != t.batch:
+    if fresh or e.checked != t.batch:
         for k in range(e.nfiles):
             if lt_stat(e.files[k].path, sid) < 0 or memcmp(sid, e.files[k].id, sizeof(sid)) != 0:
                 return NULL
-        e.checked = t.batch
+        if not fresh:
+            e.checked = t.batch
     return e
 
 cdef int ensure_out(LeaseTable t, size_t more) except -1:
@@ -39,6 +40,37 @@ cdef int ensure_out(LeaseTable t, size_t more) except -1:
         if not t.obuf:
             raise MemoryError()
     return 0
+
+cdef uint64_t grant(LeaseTable t, int fd, Conn *c, Entry *e) except 0:
+    """A new native lease of connection fd on entry e's images."""
+    cdef NLease *l = <NLease *>malloc(sizeof(NLease))
+    if l == NULL:
+        raise MemoryError()
+    l.id, l.client, l.fd, l.ks, l.prev = t.next_id, c.client, fd, e.ks, NULL
+    t.next_id += 1
+    e.ks.refcnt += 1
+    t._inc_ks(e.ks)
+    t._insert(l)
+    l.next = c.leases
+    if c.leases != NULL:
+        c.leases.prev = l
+    c.leases = l
+    return l.id
+
+
+cdef acquire_plan(LeaseTable t, int fd, bytes payload):
+    """For connection.py's own reads (a new connection's HELLO + ACQUIRE
+    arrive together): the plan with a new native lease, or None."""
+    cdef Conn *c = &t.conns[fd]
+    cdef Entry *e = entry_for(t, c, payload, len(payload), True)
+    if e == NULL:
+        return None
+    cdef uint64_t lid = grant(t, fd, c, e)
+    t.hits += 1
+    plan = e.reply[8:e.rlen]
+    memcpy(<char *>plan + LEASE_OFF, &lid, 8)       # our own new bytes object
+    return plan
+
 
 cdef int answer(LeaseTable t, int fd, Conn *c, uint32_t op, const char *p, uint32_t n,
               size_t *olen, bint acquire, double *now) except -1:
@@ -54,20 +86,9 @@ cdef int answer(LeaseTable t, int fd, Conn *c, uint32_t op, const char *p, uint3
         if e == NULL:
             return 0
         ensure_out(t, olen[0] + e.rlen)
-        l = <NLease *>malloc(sizeof(NLease))
-        if l == NULL:
-            raise MemoryError()
-        l.id, l.client, l.fd, l.ks, l.prev = t.next_id, c.client, fd, e.ks, NULL
-        t.next_id += 1
-        e.ks.refcnt += 1
-        t._inc_ks(e.ks)
-        t._insert(l)
-        l.next = c.leases
-        if c.leases != NULL:
-            c.leases.prev = l
-        c.leases = l
+        lid = grant(t, fd, c, e)
         memcpy(t.obuf + olen[0], e.reply, e.rlen)
-        memcpy(t.obuf + olen[0] + 8 + LEASE_OFF, &l.id, 8)
+        memcpy(t.obuf + olen[0] + 8 + LEASE_OFF, &lid, 8)
         olen[0] += e.rlen
     elif op == OP_RELEASE:
         # exactly "lease=N\0"; anything else (object=, a Python lease) goes up

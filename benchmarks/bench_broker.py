@@ -160,11 +160,14 @@ def concurrent_latency(path, nclients=64, n=200, pace=0.0, broker_pid=None):
     return _summary(lat, nclients, pace, cpu, nclients * (2 * n + 3), hot_answered(path) - hot0)
 
 
-def c_latency(exe, path, nclients=64, n=200, pace=0.0, broker_pid=None, tmp="/tmp"):
+def c_latency(exe, path, nclients=64, n=200, pace=0.0, broker_pid=None, tmp="/tmp", per_start=False):
+    """per_start: a connection per round trip, HELLO + ACQUIRE_PROGRAM in one
+    write, closed after the plan (as ldpool-exec starts a program)."""
     out = os.path.join(tmp, f"broker_load.{os.getpid()}.bin")
     cpu0 = broker_cpu(broker_pid) if broker_pid else 0.0
     hot0 = hot_answered(path)
-    r = subprocess.run([exe, path, PROGRAM, str(nclients), str(n), str(pace * 1e6), out],
+    r = subprocess.run([exe, path, PROGRAM, str(nclients), str(n), str(pace * 1e6), out]
+                       + (["connect"] if per_start else []),
                        capture_output=True, text=True, timeout=600)
     cpu = broker_cpu(broker_pid) - cpu0 if broker_pid else 0.0
     if r.returncode:
@@ -173,12 +176,12 @@ def c_latency(exe, path, nclients=64, n=200, pace=0.0, broker_pid=None, tmp="/tm
         data = f.read()
     os.unlink(out)
     lat = [x / 1e9 for x in struct.unpack(f"<{len(data) // 8}Q", data)]
-    return _summary(lat, nclients, pace, cpu, nclients * (2 * n + 3), hot_answered(path) - hot0)
+    return _summary(lat, nclients, pace, cpu, nclients * (2 * n + (2 if per_start else 3)), hot_answered(path) - hot0)
 
 
 def _report(kind, res):
     pace = res["pace_ms"]
-    print(f"\n64 {kind} clients, {'closed loop' if not pace else f'one start per {pace:g} ms each'}: "
+    print(f"\n64 {kind} clients, {'closed loop' if not pace else f'one request per {pace:g} ms each'}: "
           f"p50 {res['p50_us']} us, p90 {res['p90_us']} us, p99 {res['p99_us']} us "
           f"(target p99 < 1000 us), max {res['max_us']} us; "
           f"broker CPU {res['broker_us_per_request']} us per request, "
@@ -222,3 +225,15 @@ def test_kill_stress_10000(benchmark, tmp_path):
                        rounds=1, iterations=1)
     benchmark.extra_info.update(kills=int(os.environ["LDPOOL_KILL_ITERATIONS"]),
                                 seconds=round(time.monotonic() - t0, 1))
+
+
+@pytest.mark.parametrize("pace", [0.0, 0.02], ids=["closed-loop", "paced-20ms"])
+def test_starts_64_c_clients(benchmark, broker, c_client, pace, tmp_path):
+    """A connection per start, as ldpool-exec makes them: HELLO +
+    ACQUIRE_PROGRAM in one write, the close releases (latency: connect to
+    plan; 2 requests per start)."""
+    res = benchmark.pedantic(c_latency, args=(c_client, broker.socket, 64, 200, pace,
+                                              broker.proc.pid, str(tmp_path), True),
+                             rounds=1, iterations=1)
+    benchmark.extra_info.update(res)
+    _report("C per-start", res)

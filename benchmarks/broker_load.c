@@ -5,7 +5,12 @@
  * Python clients cost each round trip ~20 us of client CPU; with 64 of them
  * on 2 cores that, not the broker, sets the closed-loop figures.
  *
- *   broker_load SOCKET PROGRAM CLIENTS ROUNDS PACE_US OUT
+ *   broker_load SOCKET PROGRAM CLIENTS ROUNDS PACE_US OUT [connect]
+ *
+ * With "connect", every round is one program start as ldpool-exec makes
+ * it: a new connection, HELLO and ACQUIRE_PROGRAM in one write, both
+ * replies read, close (the close releases the lease); the latency is from
+ * connect() to the plan.
  *
  * PACE_US 0: back to back; else an exponential pause of that mean between
  * round trips.  OUT receives CLIENTS x ROUNDS little-endian u64 latencies
@@ -93,21 +98,30 @@ static uint64_t now_ns(void) {
 }
 
 /* go[0]: the start signal; go[1]: clients connected and warmed up */
-static void client(const char *sock, const char *prog, int rounds, double pace_us,
-                   uint64_t *out, int *go, unsigned seed) {
+static int dial(const char *sock) {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     if (fd < 0) die("socket");
     snprintf(a.sun_path, sizeof a.sun_path, "%s", sock);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) die("connect");
+    return fd;
+}
+
+static void client(const char *sock, const char *prog, int rounds, double pace_us,
+                   uint64_t *out, int *go, unsigned seed, int per_start) {
     static char hello_kv[] = "proto=1\0kind=guest\0name=broker_load\0";
-    char hello[128], acq[8192], rel[64], kv[8192];
-    send_all(fd, hello, frame(hello, 1, hello_kv, sizeof hello_kv - 1));
-    recv_reply(fd);
+    char start[8192 + 128], acq[8192], rel[64], kv[8192];
+    size_t hello_len = frame(start, 1, hello_kv, sizeof hello_kv - 1);
+    int fd = per_start ? -1 : dial(sock);
+    if (!per_start) {
+        send_all(fd, start, hello_len);
+        recv_reply(fd);
+    }
     size_t n = (size_t)snprintf(kv, sizeof kv, "path=%s", prog) + 1;
     n += (size_t)snprintf(kv + n, sizeof kv - n, "argv0=%s", prog) + 1;
     n += (size_t)snprintf(kv + n, sizeof kv - n, "cwd=/") + 1;
     size_t acq_len = frame(acq, 2, kv, n);
+    memcpy(start + hello_len, acq, acq_len);
     srand48(seed);
     for (int i = -1; i < rounds; i++) {    /* round -1: warm-up, before the start signal */
         if (i == 0) {
@@ -116,6 +130,15 @@ static void client(const char *sock, const char *prog, int rounds, double pace_u
         }
         if (i >= 0 && pace_us > 0) usleep((useconds_t)(-log(1.0 - drand48()) * pace_us));
         uint64_t t0 = now_ns();
+        if (per_start) {                   /* as ldpool-exec: HELLO + ACQUIRE in one write */
+            fd = dial(sock);
+            send_all(fd, start, hello_len + acq_len);
+            recv_reply(fd);
+            if (recv_reply(fd) < LEASE_OFF + 8) { errno = EPROTO; die("plan"); }
+            if (i >= 0) out[i] = now_ns() - t0;
+            close(fd);
+            continue;
+        }
         send_all(fd, acq, acq_len);
         if (recv_reply(fd) < LEASE_OFF + 8) { errno = EPROTO; die("plan"); }
         uint64_t lease;
@@ -126,12 +149,13 @@ static void client(const char *sock, const char *prog, int rounds, double pace_u
         recv_reply(fd);
         if (i >= 0) out[i] = now_ns() - t0;
     }
-    close(fd);
+    if (fd >= 0) close(fd);
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: broker_load SOCKET PROGRAM CLIENTS ROUNDS PACE_US OUT\n");
+    int per_start = argc == 8 && strcmp(argv[7], "connect") == 0;
+    if (argc != 7 && !per_start) {
+        fprintf(stderr, "usage: broker_load SOCKET PROGRAM CLIENTS ROUNDS PACE_US OUT [connect]\n");
         return 1;
     }
     int nc = atoi(argv[3]), rounds = atoi(argv[4]);
@@ -147,7 +171,8 @@ int main(int argc, char **argv) {
         pids[c] = fork();
         if (pids[c] < 0) die("fork");
         if (pids[c] == 0) {
-            client(argv[1], argv[2], rounds, pace, lat + (size_t)c * rounds, go, (unsigned)c + 1);
+            client(argv[1], argv[2], rounds, pace, lat + (size_t)c * rounds, go, (unsigned)c + 1,
+                   per_start);
             _exit(0);
         }
     }

@@ -58,10 +58,10 @@ def add_arguments(p):
 
 
 class Client:
-    __slots__ = ("id", "pid", "uid", "gid", "kind", "name", "hello", "since")
+    __slots__ = ("id", "pid", "uid", "gid", "kind", "name", "hello", "since", "fd")
 
-    def __init__(self, cid, pid, uid, gid):
-        self.id, self.pid, self.uid, self.gid = cid, pid, uid, gid
+    def __init__(self, cid, pid, uid, gid, fd=-1):
+        self.id, self.pid, self.uid, self.gid, self.fd = cid, pid, uid, gid, fd
         self.kind, self.name, self.hello, self.since = "?", "", False, time.time()
 
 
@@ -180,7 +180,7 @@ class Broker(LeaseOps):
         request is already there."""
         conn.setblocking(False)
         pid, uid, gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        client = Client(self._next_client, pid, uid, gid)
+        client = Client(self._next_client, pid, uid, gid, conn.fileno())
         self._next_client += 1
         self.clients[client.id] = client
         Connection(self, conn, client, self.hub).start()
@@ -271,6 +271,12 @@ class Broker(LeaseOps):
 
     def _acquire_program(self, client, payload):
         with self.state.mutex:
+            # a new connection's HELLO + ACQUIRE come in one read, here: the
+            # native entry answers the acquire all the same
+            plan = self.state.refs.table.acquire(client.fd, client.id, client.uid,
+                                                 client.kind == "process", payload)
+            if plan is not None:
+                return plan
             acq = self.acquirer.cached_program(payload)
             if acq is not None:
                 return self._grant(client, acq, payload)

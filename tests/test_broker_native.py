@@ -84,6 +84,33 @@ def test_cached_acquires_and_releases_are_answered_natively(broker):
         assert t["hot_answered"] >= hits0 + 10
 
 
+def test_new_connections_hello_and_acquire_in_one_write(broker):
+    """As ldpool-exec starts: a new connection per program, HELLO and
+    ACQUIRE_PROGRAM in one write (read by Python, before the connection is
+    hot): the acquire is still granted from the native entry, and the
+    close releases it."""
+    def start():
+        s = _connect(broker)
+        s.sendall(HELLO + _acq())
+        _reply(s)
+        return s, _reply(s)[1]
+
+    s, first = start()
+    s.close()
+    hits = _totals(broker)["hot_answered"]
+    socks = [start() for _ in range(5)]
+    assert _totals(broker)["hot_answered"] == hits + 5
+    for s, plan in socks:
+        assert plan[LEASE_OFF + 8:] == first[LEASE_OFF + 8:]
+    t = _totals(broker)
+    assert t["leases"] == 5 and t["refs"] == 5 * t["images"] and t["consistent"]
+    for s, _plan in socks:
+        s.close()
+    wait_for(lambda: _totals(broker)["leases"] == 0, what="the leases to go")
+    t = _totals(broker)
+    assert t["refs"] == 0 and t["consistent"]
+
+
 def test_mixed_pipeline_in_odd_chunks(broker):
     """Hot and not-hot requests pipelined, cut at arbitrary byte boundaries:
     replies come back in request order whoever answers them, and a
@@ -120,7 +147,8 @@ def test_mixed_pipeline_in_odd_chunks(broker):
                 again = [_lease(_reply(s)[1]) for _ in range(2)]
                 s.sendall(_rel(again[0]) + _rel(again[1]))
                 assert [_reply(s)[0] for _ in range(2)] == [P.RELEASE | P.REPLY] * 2
-                # idle again: back in the table
+            for s in socks:
+                # every request answered, each connection idle: back in the table
                 hits = _totals(broker)["hot_answered"]
                 s.sendall(_acq())
                 s.sendall(_rel(_lease(_reply(s)[1])))
