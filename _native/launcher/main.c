@@ -319,8 +319,12 @@ again:
     lap(2);
     if (p->h->first_index != 0) ldp_die(127, "bad plan: not a program plan");
     ldp_hosted_preload(p, argv);   /* an allocator library ld.so must load first */
-    for (uint32_t k = 0; k < p->h->nglibc; k++)
-        if (!dlopen(ldp_str(p, p->glibc[k]), RTLD_NOW | RTLD_GLOBAL)) ldp_die(127, "%s", dlerror());
+    for (uint32_t k = 0; k < p->h->nglibc; k++) {
+        const char *g = ldp_str(p, p->glibc[k]);
+        /* the launcher's own libc is loaded and global already: a dlopen
+         * would only count a reference (and cost a fault and the loader lock) */
+        if (strcmp(g, "libc.so.6") != 0 && !dlopen(g, RTLD_NOW | RTLD_GLOBAL)) ldp_die(127, "%s", dlerror());
+    }
     lap(3);
     ldp_objects_add(p);
     mapped = ldp_map_plan(p, ldp_pool_fd, err, sizeof err);
