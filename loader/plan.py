@@ -298,8 +298,11 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
             flags |= pf.OBJ_BIND_NOW
         rec["flags"] = flags
         # the file the launcher opens for LDP_SEG_FILE: absolute, because the
-        # program may chdir before a dlopen
-        rec["path"] = strings.add(os.path.abspath(o.elf.path))
+        # program may chdir before a dlopen; not normalised, since it is the
+        # link map's l_name (dladdr, dlinfo's origin) and ld.so keeps the
+        # path as it built it ("$ORIGIN/../lib/x.so")
+        path = o.elf.path
+        rec["path"] = strings.add(path if os.path.isabs(path) and kind != "main" else os.path.abspath(path))
         rec["init"] = base + elf.dyn[DT["INIT"]] if DT["INIT"] in elf.dyn else 0
         rec["fini"] = base + elf.dyn[DT["FINI"]] if DT["FINI"] in elf.dyn else 0
         rec["preinit_array"], rec["preinit_count"] = _array(elf, base, "PREINIT_ARRAY", "PREINIT_ARRAYSZ")

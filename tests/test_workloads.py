@@ -183,3 +183,35 @@ def test_cxx_exceptions_threads_terminate(env, tmp_path):
     subprocess.run(["c++", "-O1", "-o", tmp_path / "exc", src, "-pthread"], check=True)
     got = same([str(tmp_path / "exc")], env)
     assert got.returncode < 0 and b"unwound\noor\nat\n12 b\n" == got.stdout
+
+
+ORIGIN = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+int v(void);
+int main(void)
+{
+    void *h = dlopen("libv.so", RTLD_NOW);
+    Dl_info d;
+    char origin[4096];
+    dladdr((void *)v, &d);
+    dlinfo(h, RTLD_DI_ORIGIN, origin);
+    printf("%d %s %s\n", v(), d.dli_fname, origin);
+    return 0;
+}
+"""
+
+
+def test_link_map_names_as_ld_so_built_them(env, tmp_path):
+    # "$ORIGIN/../lib/libv.so" stays unnormalised in l_name (dladdr,
+    # dlinfo's origin)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "v.c").write_text("int v(void) { return 41; }\n")
+    (tmp_path / "m.c").write_text(ORIGIN)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", tmp_path / "lib/libv.so", tmp_path / "v.c"], check=True)
+    subprocess.run(["cc", "-o", tmp_path / "bin/m", tmp_path / "m.c", "-L", tmp_path / "lib", "-lv",
+                    "-Wl,-rpath,$ORIGIN/../lib"], check=True)
+    got = same([str(tmp_path / "bin/m")], env)
+    assert b"/bin/../lib/libv.so" in got.stdout
