@@ -14,7 +14,8 @@ static int linked;
 
 void ldp_gdb_sync(void)
 {
-    struct r_debug_extended *rd = dlsym(RTLD_DEFAULT, "_r_debug");
+    /* ld.so's, bound when the launcher is loaded (no dlsym per start) */
+    struct r_debug_extended *rd = (struct r_debug_extended *)&_r_debug;
     if (!rd || !rd->base.r_brk) return;
     if (!linked) {
         ours.base.r_version = 2;

@@ -39,6 +39,7 @@ static __thread union { unsigned char b[RESERVE]; struct tstate st; } ldp_reserv
 const uint64_t ldp_tls_reserve_size = RESERVE - STATE;
 static unsigned char *init_image;       /* the reserve's TLS init image */
 static uint64_t relro_lo, relro_hi;
+extern void *__tls_get_addr(void *);
 static void *(*real_tls_get_addr)(void *);
 static uint8_t cur_gen[MAXGEN];
 
@@ -68,7 +69,7 @@ void ldp_tls_setup(void)
     init_image = (unsigned char *)(bias + tls->p_vaddr);
     if ((uint64_t)&ldp_reserve + RESERVE != ldp_tls_tp())
         ldp_die(127, "internal error: the launcher's TLS block does not end at the thread pointer");
-    real_tls_get_addr = dlsym(RTLD_DEFAULT, "__tls_get_addr");
+    real_tls_get_addr = __tls_get_addr;   /* ld.so's: bound at load, no dlsym */
 }
 
 /* The reserve's init image lies in the launcher's RELRO: a plan's writes
