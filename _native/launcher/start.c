@@ -4,7 +4,6 @@
  * sequence with __cxa_atexit where _dl_fini sits natively: after the
  * libraries' constructors registered theirs, before the program's. */
 #include "ldp.h"
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -98,9 +97,11 @@ int ldp_libc_start_main(int (*main)(int, char **, char **), int argc, char **arg
 
 void ldp_set_identity(const char *path)
 {
-    /* glibc's, bound when the launcher is loaded (no dlsym per start) */
-    char **pin = &program_invocation_name;
-    char **psn = &program_invocation_short_name;
+    /* dlsym, not a reference: a GOT slot of the launcher's own would point
+     * at what the program may COPY (coreutils do), and repointing it costs
+     * an mprotect pair of the launcher's RELRO at every start */
+    char **pin = dlsym(RTLD_DEFAULT, "program_invocation_name");
+    char **psn = dlsym(RTLD_DEFAULT, "program_invocation_short_name");
     const char *a0 = ldp_argv[0] ? ldp_argv[0] : path;
     const char *b = strrchr(a0, '/');
     if (pin) *pin = (char *)a0;
