@@ -48,7 +48,9 @@ class Extents:
         self.used[a] = size
 
     def free(self, off):
-        size = self.used.pop(off)
+        """Free the extent at `off`; returns its own length (not that of
+        the free extent it merges into: the pool punches exactly that)."""
+        size = freed = self.used.pop(off)
         i = bisect.bisect_left(self._free, (off, 0))
         # merge with the neighbours on either side
         if i < len(self._free) and off + size == self._free[i][0]:
@@ -58,7 +60,7 @@ class Extents:
             off, size = po, pl + size
             i -= 1
         self._free.insert(i, (off, size))
-        return size
+        return freed
 
     @property
     def used_bytes(self):
