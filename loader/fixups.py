@@ -124,8 +124,7 @@ class FixupSet:
 
     def add(self, addr, ftype, sym=pf.NONE, addend=0, aux=0, width=8):
         self.fixes.append((addr, ftype, sym, _signed(addend), aux))
-        self.pages.add(addr & ~4095)
-        self.pages.add((addr + width - 1) & ~4095)
+        self.pages.update(range(addr & ~4095, addr + max(width, 1), 4096))
         self.counts[pf.FIX_NAMES[ftype]] += 1
 
 
@@ -190,10 +189,11 @@ def object_fixups(ctx, k):
             raise undefined_error(elf, elf.symbol(s).name)
         glibc = tgt >= 0 and entries[tgt][2]
         if t == R_COPY:
+            # the copy writes the symbol's whole size: every page of it is private
             if glibc:
-                fs.add(addr, pf.FIX_COPY, glibc_import(s, 0, False), b.symsize[r])
+                fs.add(addr, pf.FIX_COPY, glibc_import(s, 0, False), b.symsize[r], width=b.symsize[r])
             elif tgt >= 0:
-                fs.add(addr, pf.FIX_COPY, pf.NONE, b.symsize[r], b.value[r])
+                fs.add(addr, pf.FIX_COPY, pf.NONE, b.symsize[r], b.value[r], width=b.symsize[r])
             return
         if t in _TLS:
             if tgt == T_WEAK_UNDEF:

@@ -215,3 +215,23 @@ def test_link_map_names_as_ld_so_built_them(env, tmp_path):
                     "-Wl,-rpath,$ORIGIN/../lib"], check=True)
     got = same([str(tmp_path / "bin/m")], env)
     assert b"/bin/../lib/libv.so" in got.stdout
+
+
+def test_copy_relocation_of_a_table_spanning_pages(env, tmp_path):
+    # a COPY writes the symbol's whole size (systemd's tools copy a 10 KiB
+    # table from libsystemd-shared): every page of it must be private
+    (tmp_path / "t.c").write_text(
+        "const int table[5000] = {[0] = 7, [1024] = 8, [2048] = 9, [4999] = 10};\n"
+        "int counters[3000] = {[2999] = 11};\n")
+    (tmp_path / "m.c").write_text(
+        "#include <stdio.h>\nextern const int table[5000];\nextern int counters[3000];\n"
+        "int main(void) { counters[0] += table[4999];\n"
+        "  printf(\"%d %d %d %d %d %d\\n\", table[0], table[1024], table[2048], table[4999], counters[0],"
+        " counters[2999]); return 0; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", tmp_path / "libt.so", tmp_path / "t.c"], check=True)
+    subprocess.run(["cc", "-o", tmp_path / "m", tmp_path / "m.c", "-L", tmp_path, "-lt",
+                    f"-Wl,-rpath,{tmp_path}", "-Wl,-z,relro,-z,now"], check=True)
+    relocs = subprocess.run(["readelf", "-rW", tmp_path / "m"], capture_output=True, text=True).stdout
+    assert "R_X86_64_COPY" in relocs and "table" in relocs
+    got = same([str(tmp_path / "m")], env)
+    assert got.stdout == b"7 8 9 10 10 11\n"
