@@ -117,9 +117,15 @@ static struct libc_here *libc_here(void)
     static struct libc_here lc;
     if (lc.known) return &lc;
     lc.known = 1;
-    void *h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    /* ld.so's list of the initial namespace, read without dlopen's lock
+     * (a few microseconds per start); a libc by another file name is not
+     * found: every import then takes dlvsym, which is slower, not wrong */
     struct link_map *m = NULL;
-    if (!h || dlinfo(h, RTLD_DI_LINKMAP, &m) < 0 || !m) return &lc;
+    for (struct link_map *q = _r_debug.r_map; q && !m; q = q->l_next) {
+        const char *b = strrchr(q->l_name, '/');
+        if (strcmp(b ? b + 1 : q->l_name, "libc.so.6") == 0) m = q;
+    }
+    if (!m) return &lc;
     /* RTLD_DEFAULT searches in load order: an LD_PRELOAD or /etc/ld.so.preload
      * object before libc could define anything */
     for (struct link_map *q = m->l_prev; q; q = q->l_prev)
