@@ -103,14 +103,22 @@ int ldp_slots_fill(struct ldp_plan *p, uint64_t (*value)(struct ldp_plan *, cons
         snprintf(err, errlen, "plan fills slots before the slot table is mapped");
         return -1;
     }
-    if (!slots_writable) protect_pages(p, PROT_READ | PROT_WRITE);
     uint64_t *tab = (uint64_t *)slots_at;
-    int rc = 0;
+    uint64_t *vals = malloc(sizeof *vals * p->h->nslot);
+    if (!vals) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    /* values first: a later plan (dlopen) usually needs only slots earlier
+     * plans filled, and then the table is not made writable at all (an
+     * mprotect pair per dlopen otherwise) */
+    int rc = 0, need = 0;
     for (uint32_t i = 0; i < p->h->nslot && rc == 0; i++) {
         const struct ldp_slot *s = &p->slot[i];
         err[0] = 0;
         uint64_t v = value(p, s, err, errlen);
         if (err[0]) { rc = -1; break; }
+        vals[i] = v;
         if (tab[s->index] == v) continue;
         if (tab[s->index]) {
             /* another plan of this epoch gave the index to another symbol:
@@ -119,15 +127,29 @@ int ldp_slots_fill(struct ldp_plan *p, uint64_t (*value)(struct ldp_plan *, cons
             rc = -1;
             break;
         }
-        tab[s->index] = v;
-        if (nfilled == capfilled) {
-            capfilled = capfilled ? 2 * capfilled : 256;
-            filled = realloc(filled, capfilled * sizeof *filled);
-        }
-        filled[nfilled++] = s->index;
+        need = 1;
     }
+    if (rc == 0 && need) {
+        if (!slots_writable) protect_pages(p, PROT_READ | PROT_WRITE);
+        for (uint32_t i = 0; i < p->h->nslot; i++) {
+            const struct ldp_slot *s = &p->slot[i];
+            if (tab[s->index] == vals[i]) continue;
+            if (tab[s->index]) {   /* the plan itself gives one index two functions */
+                snprintf(err, errlen, "slot %u already holds another function (broker registry changed)", s->index);
+                rc = -1;
+                break;
+            }
+            tab[s->index] = vals[i];
+            if (nfilled == capfilled) {
+                capfilled = capfilled ? 2 * capfilled : 256;
+                filled = realloc(filled, capfilled * sizeof *filled);
+            }
+            filled[nfilled++] = s->index;
+        }
+        if (!slots_writable) protect_pages(p, PROT_READ);
+    }
+    free(vals);
     if (slots_writable) mprotect((void *)slots_at, slots_len, PROT_READ);
-    else protect_pages(p, PROT_READ);
     slots_writable = 0;
     return rc;
 }
