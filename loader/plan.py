@@ -167,7 +167,8 @@ def _family_name(o):
     """What the launcher dlopens for a glibc-family object: its soname, or
     for a hosted library the path ld.so preloaded it by."""
     if getattr(o, "hosted", False):
-        return os.path.abspath(o.elf.path)
+        path = o.elf.path        # as ld.so built it (l_name), like a pooled object's
+        return path if os.path.isabs(path) else os.path.abspath(path)
     return o.soname or o.path.rsplit("/", 1)[-1]
 
 
