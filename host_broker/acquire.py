@@ -19,6 +19,7 @@ LEASE_OFF = 136
 FIRST_INDEX_OFF = 44
 CACHE_MAX = 512
 RTLD_GLOBAL = 0x100
+RTLD_DEEPBIND = 0x8
 
 
 class Acquisition:
@@ -202,7 +203,8 @@ class Acquirer:
         if self.public_only:
             check_public(pooled)
         blob = plan.build_dlopen_plan(res, new, self.store, first_index=first, old_index=old_index,
-                                      local_objs=[o for o in res.objects if getattr(o, "dl_local", False)])
+                                      local_objs=[o for o in res.objects if getattr(o, "dl_local", False)],
+                                      deepbind=bool(flags & RTLD_DEEPBIND))
         _set_scope(res, name, new, flags)
         nxt = iter(range(first, first + len(pooled)))
         gidx.extend(None if o.is_glibc else next(nxt) for o in new)
