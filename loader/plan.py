@@ -202,7 +202,7 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
 
 
 def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, lease=0,
-                      with_stats=False, text_in_pool=None, old_index=None, local_objs=()):
+                      with_stats=False, text_in_pool=None, old_index=None, local_objs=(), deepbind=False):
     """The plan of a dlopen: `new` are the objects resolve_dlopen added to
     `resolution` (already appended to resolution.objects), the root first.
     They are relocated as glibc does: global scope (the objects loaded
@@ -211,7 +211,8 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
     static TLS accesses target (TPOFF, TLSDESC fixups) a static block of
     its reserve at dlopen time, as glibc does from its surplus.
     `local_objs`: objects loaded before by dlopen(RTLD_LOCAL), which are not
-    in the global scope (ids, or the objects)."""
+    in the global scope (ids, or the objects).  `deepbind`: the dlopen was
+    RTLD_DEEPBIND (the new objects search their own list first)."""
     objs = resolution.objects
     bind_now = bind_now or _env_bind_now(resolution)
     text_in_pool = _text_in_pool(source, text_in_pool)
@@ -233,7 +234,8 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
         queue.extend(o.deps)
     hidden = {id(o) for o in local_objs}
     glob = [k for k in range(min(planned)) if id(objs[k]) not in hidden]
-    scope = Scope(entries, global_count=glob, local_scopes={k: local for k in planned})
+    scope = Scope(entries, global_count=glob, local_scopes={k: local for k in planned},
+                  deepbind=planned if deepbind else ())
     pooled = [k for k in sorted(planned) if k in placed]
     order = [pos[id(o)] for o in init_order([objs[k] for k in local], force_first=False)]
     init = [k for k in order if k in planned and k in placed]

@@ -16,6 +16,8 @@
     (checked with LD_DEBUG=scopes).  Entries past global_count without one
     search the global scope, then themselves.  An object with DT_SYMBOLIC
     searches itself first.
+    deepbind: indices of objects a dlopen(RTLD_DEEPBIND) loaded: they
+    search their local list before the global scope.
     main_is_exec: whether entries[0] is the program (glibc skips it for
     COPY lookups); default: guessed from the ELF file (ET_EXEC, or PT_INTERP
     with DF_1_PIE or without a soname).
@@ -61,7 +63,7 @@ def _search_list(objs, root):
 
 
 class Scope:
-    def __init__(self, entries, global_count=None, local_scopes=None, main_is_exec=None):
+    def __init__(self, entries, global_count=None, local_scopes=None, main_is_exec=None, deepbind=()):
         self.entries = [(e, int(a), bool(g)) for e, a, g in entries]
         n = len(self.entries)
         if global_count is None or isinstance(global_count, int):
@@ -82,7 +84,12 @@ class Scope:
             # DT_SYMBOLIC: the object itself first (not for the program: glibc)
             symbolic = DT["SYMBOLIC"] in self.entries[i][0].dyn and not (i == 0 and main_is_exec)
             own = [[i]] if symbolic else []
-            scopes.append(own + [glob] + ([list(local)] if local else []))
+            if i in deepbind and local:
+                # dlopen(RTLD_DEEPBIND): the dlopen's own search list first
+                # (glibc's _dl_new_object), then the global scope
+                scopes.append(own + [list(local), glob])
+            else:
+                scopes.append(own + [glob] + ([list(local)] if local else []))
         self.native = SymScope([(e, a) for e, a, _ in self.entries], scopes, main_is_exec)
 
     @classmethod

@@ -235,3 +235,34 @@ def test_copy_relocation_of_a_table_spanning_pages(env, tmp_path):
     assert "R_X86_64_COPY" in relocs and "table" in relocs
     got = same([str(tmp_path / "m")], env)
     assert got.stdout == b"7 8 9 10 10 11\n"
+
+
+DEEP = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+int who(void) { return 1; }
+int main(int argc, char **argv)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/libdeep.so", argv[1]);
+    int (*deep)(void) = dlsym(dlopen(path, RTLD_NOW | RTLD_DEEPBIND), "call_who");
+    snprintf(path, sizeof path, "%s/libflat.so", argv[1]);
+    int (*flat)(void) = dlsym(dlopen(path, RTLD_NOW), "call_who2");
+    printf("%d %d %d\n", deep(), flat(), who());
+    return 0;
+}
+"""
+
+
+def test_dlopen_deepbind(env, tmp_path):
+    # RTLD_DEEPBIND: the plugin (and what it loads) binds to itself before
+    # the program's exported definitions
+    (tmp_path / "d.c").write_text("int who(void) { return 2; }\nint call_who(void) { return who(); }\n")
+    (tmp_path / "f.c").write_text("int who(void) { return 3; }\nint call_who2(void) { return who(); }\n")
+    (tmp_path / "m.c").write_text(DEEP)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", tmp_path / "libdeep.so", tmp_path / "d.c"], check=True)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", tmp_path / "libflat.so", tmp_path / "f.c"], check=True)
+    subprocess.run(["cc", "-rdynamic", "-o", tmp_path / "m", tmp_path / "m.c"], check=True)
+    got = same([str(tmp_path / "m"), str(tmp_path)], env)
+    assert got.stdout == b"2 1 1\n"
