@@ -16,6 +16,7 @@ void ldp_gdb_sync(void)
 {
     /* ld.so's, bound when the launcher is loaded (no dlsym per start) */
     struct r_debug_extended *rd = (struct r_debug_extended *)&_r_debug;
+    ldp_objects_relink();      /* the same moments change the handles' chain */
     if (!rd || !rd->base.r_brk) return;
     if (!linked) {
         ours.base.r_version = 2;

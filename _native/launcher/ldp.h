@@ -74,6 +74,7 @@ extern uint32_t ldp_main;            /* global index of the program */
 extern int ldp_adds, ldp_subs;       /* for dl_iterate_phdr */
 void ldp_objects_add(struct ldp_plan *p);
 void ldp_objects_mapped(struct ldp_plan *p);
+void ldp_objects_relink(void);               /* l_next/l_prev of the handles' link maps */
 void ldp_rt_dyninfo(struct ldp_rt *r);
 void ldp_rt_deps(struct ldp_rt *r);          /* r->deps, on first need (dl* lock held) */
 uint32_t ldp_rt_nsyms(struct ldp_rt *r);     /* r->nsyms, on first need */

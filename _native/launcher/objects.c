@@ -130,6 +130,27 @@ void ldp_objects_add(struct ldp_plan *p)
     if (need > ldp_nobj) __atomic_store_n(&ldp_nobj, need, __ATOMIC_RELEASE);
 }
 
+/* The link maps a program can walk from its handles (dlinfo
+ * RTLD_DI_LINKMAP, dlopen(NULL)): the program, the live pooled objects in
+ * load order, then ld.so's own list after the launcher (vdso, glibc's
+ * family), whose maps are only pointed at, never written. */
+void ldp_objects_relink(void)
+{
+    struct link_map *prev = NULL, *tail = _r_debug.r_map ? _r_debug.r_map->l_next : NULL;
+    if (ldp_main != LDP_NONE && ldp_objs[ldp_main]) {
+        prev = &ldp_objs[ldp_main]->lm;
+        prev->l_prev = NULL;
+    }
+    for (uint32_t i = 0; i < ldp_nobj; i++) {
+        struct ldp_rt *r = ldp_objs[i];
+        if (!r || i == ldp_main || r->state < LDP_ST_MAPPED || r->state == LDP_ST_GONE) continue;
+        r->lm.l_prev = prev;
+        if (prev) __atomic_store_n(&prev->l_next, &r->lm, __ATOMIC_RELEASE);
+        prev = &r->lm;
+    }
+    if (prev) __atomic_store_n(&prev->l_next, tail, __ATOMIC_RELEASE);
+}
+
 /* Called once mapped: the dynamic sections are readable now. */
 void ldp_objects_mapped(struct ldp_plan *p)
 {
