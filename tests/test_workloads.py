@@ -266,3 +266,39 @@ def test_dlopen_deepbind(env, tmp_path):
     subprocess.run(["cc", "-rdynamic", "-o", tmp_path / "m", tmp_path / "m.c"], check=True)
     got = same([str(tmp_path / "m"), str(tmp_path)], env)
     assert got.stdout == b"2 1 1\n"
+
+
+LINKMAP = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <link.h>
+#include <stdio.h>
+static void walk(const char *when)
+{
+    struct link_map *m;
+    dlinfo(dlopen(NULL, RTLD_NOW), RTLD_DI_LINKMAP, &m);
+    printf("%s:", when);
+    for (; m; m = m->l_next) printf(" [%s]", m->l_name);
+    printf("\n");
+}
+int main(void)
+{
+    walk("start");
+    void *z = dlopen("libz.so.1", RTLD_NOW);
+    walk("dlopen");
+    dlclose(z);
+    walk("dlclose");
+    return 0;
+}
+"""
+
+
+def test_link_map_chain_from_the_program_handle(env, tmp_path):
+    # a program walking l_next from its own handle sees every object (the
+    # order of the vdso aside: ld.so keeps it right after the program)
+    (tmp_path / "lm.c").write_text(LINKMAP)
+    subprocess.run(["cc", "-o", tmp_path / "lm", tmp_path / "lm.c", "-lm"], check=True)
+    out = [run([str(tmp_path / "lm")], env, pooled).stdout.decode().splitlines() for pooled in (False, True)]
+    for nat, got in zip(*out):
+        assert sorted(nat.split()) == sorted(got.split()), (nat, got)
+    assert "libz.so.1]" in out[1][1] and "libz.so.1]" not in out[1][2]
