@@ -60,10 +60,23 @@ static void send_all(int fd, const char *p, size_t n) {
     }
 }
 
-/* one reply frame into buf; returns its payload length */
+/* one reply frame into buf; returns its payload length.  Bytes read past
+ * it (a pipelined reply) are kept for the next call. */
+static size_t extra;              /* bytes of the next frame(s) after the current one */
+static size_t cur;                /* length of the frame at buf */
+
 static uint32_t recv_reply(int fd) {
-    size_t got = 0, want = 8;
-    while (got < want) {
+    if (extra) memmove(buf, buf + cur, extra);
+    size_t got = extra, want = 8;
+    extra = 0;
+    for (;;) {
+        if (got >= 8) {
+            uint32_t len;
+            memcpy(&len, buf, 4);
+            want = 8 + (size_t)len;
+            if (want > sizeof buf) { errno = EMSGSIZE; die("reply"); }
+        }
+        if (got >= want) break;
         /* poll, not a blocking read: a reader asleep in read() is woken (for
          * nothing) when the broker consumes our request and frees its buffer */
         struct pollfd p = {fd, POLLIN, 0};
@@ -75,13 +88,9 @@ static uint32_t recv_reply(int fd) {
             die("read");
         }
         got += (size_t)k;
-        if (got >= 8) {
-            uint32_t len;
-            memcpy(&len, buf, 4);
-            want = 8 + (size_t)len;
-            if (want > sizeof buf) { errno = EMSGSIZE; die("reply"); }
-        }
     }
+    cur = want;
+    extra = got - want;
     uint32_t h[2];
     memcpy(h, buf, 8);
     if (h[1] == REPLY_ERROR) {
@@ -137,6 +146,7 @@ static void client(const char *sock, const char *prog, int rounds, double pace_u
             if (recv_reply(fd) < LEASE_OFF + 8) { errno = EPROTO; die("plan"); }
             if (i >= 0) out[i] = now_ns() - t0;
             close(fd);
+            extra = 0;
             continue;
         }
         send_all(fd, acq, acq_len);
