@@ -60,7 +60,11 @@ def _check(prog, env, cwd):
     if a[0] == "timeout" or a != _run([prog, "--version"], env, cwd):
         return None                      # not deterministic natively
     b = _run(["ldpool-exec", "--", prog, "--version"], env, cwd)
-    return None if a == b else f"{prog}: native {a[0]} {a[1][:80]!r}, ldpool {b[0]} {b[1][:80]!r}"
+    # a race between its own children (groff) can make two native runs
+    # agree by chance: pooled must then match one of a few more
+    if a != b and not any(b == _run([prog, "--version"], env, cwd) for _ in range(4)):
+        return f"{prog}: native {a[0]} {a[1][:80]!r}, ldpool {b[0]} {b[1][:80]!r}"
+    return None
 
 
 def test_every_program_prints_its_version_as_natively(env, tmp_path):
