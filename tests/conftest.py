@@ -37,3 +37,35 @@ def ldpool_bin():
 def run_ldpool(*args, env=None, input=None, timeout=120, cwd=None):
     return subprocess.run(["ldpool", *args], capture_output=True, text=True, env=env,
                           input=input, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_pool_left_behind():
+    """The launcher tests share one embedded broker (launcher_helpers.SOCKDIR)
+    and some tests kill brokers; a killed broker's pool stays on purpose (a
+    restarted broker re-attaches to it).  At the end of the run, stop the
+    shared broker and remove its pool: a test run leaves nothing in /dev/shm."""
+    yield
+    import signal
+    import time
+
+    import posix_ipc
+
+    from launcher_helpers import SOCKDIR
+    from loader import client as C
+    from loader import protocol as P
+    sock = os.path.join(SOCKDIR, "broker.sock")
+    try:
+        with C.connect(sock, timeout=5) as c:
+            pid = int(c.info.get("broker_pid", 0))
+        if pid > 0:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):            # it removes an empty pool itself
+                os.kill(pid, 0)
+                time.sleep(0.05)
+    except Exception:                       # no broker, or it has exited
+        pass
+    try:
+        posix_ipc.unlink_shared_memory(P.default_pool_name(sock))
+    except posix_ipc.ExistentialError:
+        pass
