@@ -102,3 +102,24 @@ def image_refs(stats):
 def others(stats, me_name="stats"):
     """Clients other than the stats connection itself."""
     return [c for c in stats["clients"] if c["name"] != me_name]
+
+
+def stop_and_unlink(sock):
+    """Stop the broker answering on `sock` (SIGTERM: it removes an empty
+    pool itself) and remove its default pool's name, which a process still
+    mapping images, or a broker killed earlier, leaves behind on purpose
+    (mappings outlive the name): a test run leaves nothing in /dev/shm."""
+    from loader import protocol as P
+    try:
+        with C.connect(sock, timeout=5) as c:
+            pid = int(c.info.get("broker_pid", 0))
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+    except Exception:                       # no broker, or it has exited
+        pass
+    try:
+        posix_ipc.unlink_shared_memory(P.default_pool_name(sock))
+    except posix_ipc.ExistentialError:
+        pass

@@ -46,26 +46,6 @@ def _no_pool_left_behind():
     restarted broker re-attaches to it).  At the end of the run, stop the
     shared broker and remove its pool: a test run leaves nothing in /dev/shm."""
     yield
-    import signal
-    import time
-
-    import posix_ipc
-
+    from broker_helpers import stop_and_unlink
     from launcher_helpers import SOCKDIR
-    from loader import client as C
-    from loader import protocol as P
-    sock = os.path.join(SOCKDIR, "broker.sock")
-    try:
-        with C.connect(sock, timeout=5) as c:
-            pid = int(c.info.get("broker_pid", 0))
-        if pid > 0:
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):            # it removes an empty pool itself
-                os.kill(pid, 0)
-                time.sleep(0.05)
-    except Exception:                       # no broker, or it has exited
-        pass
-    try:
-        posix_ipc.unlink_shared_memory(P.default_pool_name(sock))
-    except posix_ipc.ExistentialError:
-        pass
+    stop_and_unlink(os.path.join(SOCKDIR, "broker.sock"))

@@ -197,3 +197,6 @@ def test_from_the_brokers_pool(tmp_path, monkeypatch):
             c.close()
         if old is not None:
             inprocess._state["conn"] = old
+        from broker_helpers import stop_and_unlink
+        stop_and_unlink(str(sock))
+
