@@ -14,7 +14,7 @@ import pytest
 
 from loader import protocol as P
 from loader.client import plan_lease
-from broker_helpers import broker  # noqa: F401  (broker is a fixture)
+from broker_helpers import broker, stop_and_unlink  # noqa: F401  (broker is a fixture)
 from launcher_helpers import env  # noqa: F401  (a fixture)
 
 LEASE_OFF = 136        # struct ldp_plan_hdr: the lease is its last field
@@ -156,8 +156,9 @@ def test_launcher_dlopen_after_restart_comes_from_the_pool(env, tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
-    assert (p.returncode, out, err) == (0, b"plug(14) = 42\n", b"")
     log = open(f"{sockdir}/broker.log", "rb").read()
+    stop_and_unlink(f"{sockdir}/broker.sock")
+    assert (p.returncode, out, err) == (0, b"plug(14) = 42\n", b"")
     assert re.search(rb"reclaimed lease \d+", log), log[-2000:]
 
 

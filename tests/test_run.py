@@ -10,6 +10,8 @@ import tempfile
 
 import pytest
 
+from broker_helpers import stop_and_unlink
+
 
 @pytest.fixture(scope="module")
 def env():
@@ -19,6 +21,7 @@ def env():
     os.chmod(d, 0o700)
     e = dict(os.environ, LDPOOL_SOCKET=os.path.join(d, "broker.sock"), LC_ALL="C")
     yield e
+    stop_and_unlink(e["LDPOOL_SOCKET"])
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -71,6 +74,7 @@ def test_socket_option(env, tmp_path):
     got = ldrun("--socket", str(sock), "--", "xz", "--version", env=env)
     assert got.returncode == 0 and got.stdout.startswith(b"xz (XZ Utils)")
     assert sock.exists()
+    stop_and_unlink(str(sock))
 
 
 def test_bad_programs(env, tmp_path):
