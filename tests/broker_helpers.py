@@ -73,6 +73,22 @@ class BrokerProc:
             pass
 
 
+def raw_connect(path, timeout=120):
+    """A bare client socket, for tests that speak the wire protocol by hand."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    return s
+
+
+def reply(s):
+    """The next frame on a raw socket, which must not be an ERROR: (op, payload)."""
+    from loader import protocol as P
+    op, payload = P.recv_frame(s)
+    assert op != P.ERROR, payload
+    return op, payload
+
+
 def answering(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -8,26 +8,21 @@ import time
 
 import pytest
 
-from broker_helpers import BrokerProc, broker, wait_for  # noqa: F401  (broker is a fixture)
+from broker_helpers import BrokerProc, broker, raw_connect, reply, wait_for  # noqa: F401  (broker is a fixture)
 from loader import protocol as P
 
 ACQ = P.frame(P.ACQUIRE_PROGRAM, P.encode_kv({"path": "/usr/bin/xz", "argv0": "xz", "cwd": "/"}))
 HELLO = P.frame(P.HELLO, P.encode_kv({"proto": 1, "kind": "guest", "name": "hotpath"}))
 
 
-def _reply(s):
-    op, payload = P.recv_frame(s)
-    assert op != P.ERROR, payload
-    return op, payload
-
 
 def test_silent_clients_do_not_stall_the_others(broker):
     """A connection that sends nothing is only watched: 300 of them at once
     cost the others nothing (a blocking wait for a new client's first bytes
     would stall the whole loop for each)."""
-    with _connect(broker) as s:
+    with raw_connect(broker.socket) as s:
         s.sendall(HELLO)
-        _reply(s)
+        reply(s)
         silent = []
         try:
             for _ in range(300):
@@ -36,21 +31,15 @@ def test_silent_clients_do_not_stall_the_others(broker):
                 q.connect(broker.socket)
             t0 = time.monotonic()
             s.sendall(P.frame(P.PING))
-            assert _reply(s)[0] == P.PING | P.REPLY
+            assert reply(s)[0] == P.PING | P.REPLY
             assert time.monotonic() - t0 < 0.5       # 300 x 2 ms of blocking would be 0.6 s
             # and a silent client that speaks later is answered
             silent[0].sendall(HELLO)
-            assert _reply(silent[0])[0] == P.HELLO | P.REPLY
+            assert reply(silent[0])[0] == P.HELLO | P.REPLY
         finally:
             for q in silent:
                 q.close()
 
-
-def _connect(broker):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(120)
-    s.connect(broker.socket)
-    return s
 
 
 def test_pipelined_requests_in_odd_chunks_answered_in_order(broker):
@@ -60,7 +49,7 @@ def test_pipelined_requests_in_odd_chunks_answered_in_order(broker):
     stream = HELLO + ACQ + P.frame(P.PING) + ACQ + P.frame(P.STATS)
     expect = [op | P.REPLY for op in (P.HELLO, P.ACQUIRE_PROGRAM, P.PING, P.ACQUIRE_PROGRAM, P.STATS)]
     for chunk in (1, 7, 97, len(stream)):
-        socks = [_connect(broker) for _ in range(12)]
+        socks = [raw_connect(broker.socket) for _ in range(12)]
         try:
             for k in range(0, len(stream), chunk):
                 for s in socks:
@@ -68,7 +57,7 @@ def test_pipelined_requests_in_odd_chunks_answered_in_order(broker):
             for s in socks:
                 ops, leases = [], []
                 for _ in expect:
-                    op, payload = _reply(s)
+                    op, payload = reply(s)
                     ops.append(op)
                     if op == P.ACQUIRE_PROGRAM | P.REPLY:
                         leases.append(struct.unpack_from("<Q", payload, 136)[0])
@@ -76,7 +65,7 @@ def test_pipelined_requests_in_odd_chunks_answered_in_order(broker):
                 # releases pipelined in one write: the RELEASE fast path, queued
                 s.sendall(b"".join(P.frame(P.RELEASE, b"lease=%d\0" % lid) for lid in leases))
                 for _ in leases:
-                    assert _reply(s)[0] == P.RELEASE | P.REPLY
+                    assert reply(s)[0] == P.RELEASE | P.REPLY
         finally:
             for s in socks:
                 s.close()
@@ -88,13 +77,13 @@ def test_release_fast_path_refuses_what_it_must(broker):
     """RELEASE lease=N skips key=value parsing but not the checks: another
     connection's lease, an unknown lease and a bad number are errors; the
     lease stays held."""
-    a, b = _connect(broker), _connect(broker)
+    a, b = raw_connect(broker.socket), raw_connect(broker.socket)
     try:
         for s in (a, b):
             s.sendall(HELLO)
-            _reply(s)
+            reply(s)
         a.sendall(ACQ)
-        lid = struct.unpack_from("<Q", _reply(a)[1], 136)[0]
+        lid = struct.unpack_from("<Q", reply(a)[1], 136)[0]
         for payload, what in ((b"lease=%d\0" % lid, "not held by this connection"),
                               (b"lease=%d\0" % (lid + 1000), "not held by this connection"),
                               (b"lease=12x\0", "not a number")):
@@ -103,7 +92,7 @@ def test_release_fast_path_refuses_what_it_must(broker):
             assert op == P.ERROR and what in msg.decode(), msg
         assert broker.stats()["totals"]["refs"] > 0
         a.sendall(P.frame(P.RELEASE, b"lease=%d\0" % lid))
-        assert _reply(a)[0] == P.RELEASE | P.REPLY
+        assert reply(a)[0] == P.RELEASE | P.REPLY
         assert broker.stats()["totals"]["refs"] == 0
     finally:
         a.close()

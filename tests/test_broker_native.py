@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from broker_helpers import BrokerProc, broker, wait_for  # noqa: F401  (broker is a fixture)
+from broker_helpers import BrokerProc, broker, raw_connect, reply, wait_for  # noqa: F401  (broker is a fixture)
 from loader import protocol as P
 
 XZ = "/usr/bin/xz"
@@ -29,17 +29,6 @@ def _rel(lid):
     return P.frame(P.RELEASE, b"lease=%d\0" % lid)
 
 
-def _connect(b):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(120)
-    s.connect(b.socket)
-    return s
-
-
-def _reply(s):
-    op, payload = P.recv_frame(s)
-    assert op != P.ERROR, payload
-    return op, payload
 
 
 def _lease(payload):
@@ -54,16 +43,16 @@ def test_cached_acquires_and_releases_are_answered_natively(broker):
     """After one grant through Python, the same request is answered by the
     table: STATS sees its leases and counts as any other, and releases
     bring them back to zero."""
-    with _connect(broker) as s:
+    with raw_connect(broker.socket) as s:
         s.sendall(HELLO)
-        _reply(s)
+        reply(s)
         s.sendall(_acq())
-        first = _reply(s)[1]
+        first = reply(s)[1]
         hits0 = _totals(broker)["hot_answered"]
         leases = []
         for _ in range(5):
             s.sendall(_acq())
-            op, plan = _reply(s)
+            op, plan = reply(s)
             assert op == P.ACQUIRE_PROGRAM | P.REPLY
             # the same plan, only the lease differs
             assert plan[:LEASE_OFF] == first[:LEASE_OFF] and plan[LEASE_OFF + 8:] == first[LEASE_OFF + 8:]
@@ -78,7 +67,7 @@ def test_cached_acquires_and_releases_are_answered_natively(broker):
         assert st["totals"]["refs"] == 6 * nimg
         s.sendall(b"".join(_rel(lid) for lid in leases + [_lease(first)]))
         for _ in range(6):
-            assert _reply(s)[0] == P.RELEASE | P.REPLY
+            assert reply(s)[0] == P.RELEASE | P.REPLY
         t = _totals(broker)
         assert t["refs"] == 0 and t["leases"] == 0 and t["consistent"]
         assert t["hot_answered"] >= hits0 + 10
@@ -90,10 +79,10 @@ def test_new_connections_hello_and_acquire_in_one_write(broker):
     hot): the acquire is still granted from the native entry, and the
     close releases it."""
     def start():
-        s = _connect(broker)
+        s = raw_connect(broker.socket)
         s.sendall(HELLO + _acq())
-        _reply(s)
-        return s, _reply(s)[1]
+        reply(s)
+        return s, reply(s)[1]
 
     s, first = start()
     s.close()
@@ -115,17 +104,17 @@ def test_mixed_pipeline_in_odd_chunks(broker):
     """Hot and not-hot requests pipelined, cut at arbitrary byte boundaries:
     replies come back in request order whoever answers them, and a
     connection goes back to the table once Python is done with it."""
-    with _connect(broker) as s:                 # the plan is cached from here on
+    with raw_connect(broker.socket) as s:                 # the plan is cached from here on
         s.sendall(HELLO + _acq())
-        _reply(s)
-        _reply(s)
+        reply(s)
+        reply(s)
     stream = (HELLO + _acq() + P.frame(P.PING) + _acq() + P.frame(P.STATS) + _acq()
               + P.frame(P.PING) + _acq("/nonexistent/prog") + _acq() + P.frame(P.PING))
     expect = [P.HELLO, P.ACQUIRE_PROGRAM, P.PING, P.ACQUIRE_PROGRAM, P.STATS, P.ACQUIRE_PROGRAM,
               P.PING, P.ERROR, P.ACQUIRE_PROGRAM, P.PING]
     hits0 = _totals(broker)["hot_answered"]
     for chunk in (1, 5, 13, 64, 301, len(stream)):
-        socks = [_connect(broker) for _ in range(6)]
+        socks = [raw_connect(broker.socket) for _ in range(6)]
         try:
             for k in range(0, len(stream), chunk):
                 for s in socks:
@@ -143,16 +132,16 @@ def test_mixed_pipeline_in_odd_chunks(broker):
                 for k in range(0, len(rel), 7):
                     s.sendall(rel[k:k + 7])
                 for _ in leases:
-                    assert _reply(s)[0] == P.RELEASE | P.REPLY
-                again = [_lease(_reply(s)[1]) for _ in range(2)]
+                    assert reply(s)[0] == P.RELEASE | P.REPLY
+                again = [_lease(reply(s)[1]) for _ in range(2)]
                 s.sendall(_rel(again[0]) + _rel(again[1]))
-                assert [_reply(s)[0] for _ in range(2)] == [P.RELEASE | P.REPLY] * 2
+                assert [reply(s)[0] for _ in range(2)] == [P.RELEASE | P.REPLY] * 2
             for s in socks:
                 # every request answered, each connection idle: back in the table
                 hits = _totals(broker)["hot_answered"]
                 s.sendall(_acq())
-                s.sendall(_rel(_lease(_reply(s)[1])))
-                assert _reply(s)[0] == P.RELEASE | P.REPLY
+                s.sendall(_rel(_lease(reply(s)[1])))
+                assert reply(s)[0] == P.RELEASE | P.REPLY
                 assert _totals(broker)["hot_answered"] == hits + 2
         finally:
             for s in socks:
@@ -166,13 +155,13 @@ def test_release_of_a_lease_not_held(broker):
     """The table answers a RELEASE only for a lease of its own connection:
     another connection's lease, an unknown one, a malformed one go to
     Python and get their error; the owner still releases its lease."""
-    a, b = _connect(broker), _connect(broker)
+    a, b = raw_connect(broker.socket), raw_connect(broker.socket)
     try:
         for s in (a, b):
             s.sendall(HELLO)
-            _reply(s)
+            reply(s)
         a.sendall(_acq() + _acq())
-        l1, l2 = _lease(_reply(a)[1]), _lease(_reply(a)[1])      # l2: native
+        l1, l2 = _lease(reply(a)[1]), _lease(reply(a)[1])      # l2: native
         hits = _totals(broker)["hot_answered"]
         for payload, what in ((b"lease=%d\0" % l2, "not held by this connection"),
                               (b"lease=%d\0" % (l2 + 1000), "not held by this connection"),
@@ -185,8 +174,8 @@ def test_release_of_a_lease_not_held(broker):
         t = _totals(broker)
         assert t["leases"] == 2 and t["consistent"] and t["refs"] == 2 * t["images"]
         a.sendall(_rel(l2) + _rel(l1) + _rel(l1))
-        assert _reply(a)[0] == P.RELEASE | P.REPLY
-        assert _reply(a)[0] == P.RELEASE | P.REPLY
+        assert reply(a)[0] == P.RELEASE | P.REPLY
+        assert reply(a)[0] == P.RELEASE | P.REPLY
         op, msg = P.recv_frame(a)
         assert op == P.ERROR and b"not held" in msg
         t = _totals(broker)
@@ -204,17 +193,17 @@ def test_a_native_lease_serves_dlopen_and_close_releases_it(broker):
     lib = "libz.so.1"
     if not any(os.path.exists(os.path.join(d, lib)) for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")):
         pytest.skip("no libz")
-    s = _connect(broker)
+    s = raw_connect(broker.socket)
     s.sendall(HELLO + _acq() + _acq())
     for _ in range(3):
-        _reply(s)
+        reply(s)
     hits = _totals(broker)["hot_answered"]
     s.sendall(_acq())
-    lid = _lease(_reply(s)[1])
+    lid = _lease(reply(s)[1])
     assert _totals(broker)["hot_answered"] > hits
     s.sendall(P.frame(P.ACQUIRE_LIBRARY, P.encode_kv(
         {"lease": lid, "name": lib, "requester": XZ, "flags": 2})))
-    op, plan = _reply(s)
+    op, plan = reply(s)
     assert op == P.ACQUIRE_LIBRARY | P.REPLY and _lease(plan) == lid
     st = broker.stats()
     assert st["totals"]["consistent"] and st["totals"]["leases"] == 3
@@ -231,26 +220,26 @@ def test_program_replaced_on_disk_is_planned_again(tmp_path, broker):
     replaced (new inode) after its plan went native gets a new plan."""
     prog = str(tmp_path / "xzcopy")
     shutil.copy(XZ, prog)
-    with _connect(broker) as s:
+    with raw_connect(broker.socket) as s:
         s.sendall(HELLO + _acq(prog) + _acq(prog))
-        _reply(s)
-        p1 = _reply(s)[1]
-        _reply(s)
+        reply(s)
+        p1 = reply(s)[1]
+        reply(s)
         old_ino = os.stat(prog).st_ino
         hits = _totals(broker)["hot_answered"]
         s.sendall(_acq(prog))
-        p2 = _reply(s)[1]
+        p2 = reply(s)[1]
         assert p2[LEASE_OFF + 8:] == p1[LEASE_OFF + 8:]
         assert _totals(broker)["hot_answered"] > hits
         tmp = prog + ".new"
         shutil.copy(XZ, tmp)
         os.replace(tmp, prog)
         s.sendall(_acq(prog))
-        p3 = _reply(s)[1]
+        p3 = reply(s)[1]
         assert struct.pack("<Q", os.stat(prog).st_ino) in p3
         assert struct.pack("<Q", old_ino) not in p3
         s.sendall(_acq(prog))           # the new plan is native from now on
-        p4 = _reply(s)[1]
+        p4 = reply(s)[1]
         assert p4[LEASE_OFF + 8:] == p3[LEASE_OFF + 8:]
         assert _totals(broker)["consistent"]
 
@@ -260,23 +249,23 @@ def test_eviction_drops_native_entries(tmp_path):
     builds again (no lease on a dead image), counts stay exact."""
     b = BrokerProc(tmp_path / "b", linger=0.2).start()
     try:
-        with _connect(b) as s:
+        with raw_connect(b.socket) as s:
             s.sendall(HELLO + _acq() + _acq())
-            _reply(s)
-            l1, l2 = _lease(_reply(s)[1]), _lease(_reply(s)[1])
+            reply(s)
+            l1, l2 = _lease(reply(s)[1]), _lease(reply(s)[1])
             s.sendall(_acq())
-            l3 = _lease(_reply(s)[1])
+            l3 = _lease(reply(s)[1])
             assert _totals(b)["hot_answered"] > 0
             s.sendall(_rel(l1) + _rel(l2) + _rel(l3))
             for _ in range(3):
-                _reply(s)
+                reply(s)
             wait_for(lambda: _totals(b)["images"] == 0, what="eviction")
             s.sendall(_acq())
-            lid = _lease(_reply(s)[1])
+            lid = _lease(reply(s)[1])
             t = _totals(b)
             assert t["images"] > 0 and t["refs"] == t["images"] and t["consistent"]
             s.sendall(_rel(lid))
-            _reply(s)
+            reply(s)
     finally:
         b.cleanup()
 
@@ -302,10 +291,10 @@ def test_kill_9_under_load_leaves_exact_counts(broker):
     moments, new ones take their place; after each settle every count is
     exactly what the live leases hold, and at the end nothing is left."""
     rnd = random.Random(4)
-    with _connect(broker) as s:
+    with raw_connect(broker.socket) as s:
         s.sendall(HELLO + _acq())
-        _reply(s)
-        _reply(s)
+        reply(s)
+        reply(s)
     hits0 = _totals(broker)["hot_answered"]
 
     def spawn(k):
