@@ -15,38 +15,35 @@ int ldp_hosted_active(void)
     return getenv("LDPOOL_HOSTED") != NULL;
 }
 
+static int loaded(const char *name)
+{
+    void *h = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+    if (h) dlclose(h);
+    return h != NULL;
+}
+
 void ldp_hosted_preload(const struct ldp_plan *p, char **argv)
 {
-    size_t need = 0;
+    /* glibc's own family is listed by soname, a hosted library by path */
+    size_t cap = 1;
+    for (uint32_t k = 0; k < p->h->nglibc; k++) cap += strlen(ldp_str(p, p->glibc[k])) + 1;
+    char *add = malloc(cap), *o = add;
     for (uint32_t k = 0; k < p->h->nglibc; k++) {
         const char *name = ldp_str(p, p->glibc[k]);
-        if (!strchr(name, '/')) continue;             /* glibc's own family: by soname */
-        void *h = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
-        if (h) {
-            dlclose(h);
-            continue;
-        }
-        need += strlen(name) + 1;
+        if (!strchr(name, '/') || loaded(name)) continue;
+        if (o != add) *o++ = ':';
+        o = stpcpy(o, name);
     }
-    if (!need) return;
+    if (o == add) {
+        free(add);
+        return;
+    }
     if (ldp_hosted_active())
         ldp_die(127, "a library that replaces glibc's allocator could not be preloaded (LD_PRELOAD=%s)",
                 getenv("LD_PRELOAD") ? getenv("LD_PRELOAD") : "");
     /* after the user's own preloads, as DT_NEEDED comes after LD_PRELOAD */
-    char *add = malloc(need), *o = add;
-    for (uint32_t k = 0; k < p->h->nglibc; k++) {
-        const char *name = ldp_str(p, p->glibc[k]);
-        if (!strchr(name, '/')) continue;
-        void *h = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
-        if (h) {
-            dlclose(h);
-            continue;
-        }
-        if (o != add) *o++ = ':';
-        o = stpcpy(o, name);
-    }
     const char *pre = getenv("LD_PRELOAD");
-    char *v = malloc(strlen(pre ? pre : "") + need + 2);
+    char *v = malloc(strlen(pre ? pre : "") + strlen(add) + 2);
     strcpy(v, pre && *pre ? pre : "");
     if (*v) strcat(v, ":");
     strcat(v, add);
