@@ -168,7 +168,7 @@ static void *open_plan(struct ldp_plan *p, int mode)
     int mapped = ldp_map_plan(p, ldp_pool_fd, err, sizeof err) == 0;
     /* RTLD_NOW: a function nobody defines fails the dlopen, not the call */
     ldp_dlopen_now = (mode & RTLD_NOW) != 0;
-    int ok = mapped && ldp_resolve_imports(p, 1, err, sizeof err) == 0 && ldp_tls_assign_static(p, err, sizeof err) == 0 &&
+    int ok = mapped && ldp_resolve_imports(p, err, sizeof err) == 0 && ldp_tls_assign_static(p, err, sizeof err) == 0 &&
              ldp_apply_fixups(p, err, sizeof err) == 0 && ldp_tls_install(p, err, sizeof err) == 0;
     ldp_dlopen_now = 0;
     if (!ok) {

@@ -177,7 +177,7 @@ static void *by_name(const struct ldp_plan *p, const struct ldp_import *im, cons
     return dlsym(RTLD_DEFAULT, name);
 }
 
-int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen)
+int ldp_resolve_imports(struct ldp_plan *p, char *err, size_t errlen)
 {
     uint32_t n = p->h->nimport;
     p->imp_addr = calloc(n ? n : 1, sizeof *p->imp_addr);
@@ -215,7 +215,6 @@ int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errle
     }
     if (ldp_debug) ldp_note("debug: imports: %u of %u from libc values (libc %s)", npre, n,
                             pre ? "matches the plan" : "differs or is not certain: dlvsym");
-    (void)lazy_ok;
     /* the epoch's slot table: the stubs pooled code calls glibc through */
     if (ldp_slots_map(p, ldp_pool_fd, err, errlen) < 0) return -1;
     return ldp_slots_fill(p, slot_value, err, errlen);

@@ -89,7 +89,7 @@ void ldp_protect_plan(struct ldp_plan *p);
 void ldp_unmap(struct ldp_rt *r);
 
 /* ---- fixups (fixup.c) ---- */
-int ldp_resolve_imports(struct ldp_plan *p, int lazy_ok, char *err, size_t errlen);
+int ldp_resolve_imports(struct ldp_plan *p, char *err, size_t errlen);
 extern int ldp_dlopen_now;              /* dlopen(RTLD_NOW) being loaded: missing functions fail it */
 int ldp_apply_fixups(struct ldp_plan *p, char *err, size_t errlen);
 void *ldp_override(const char *name);

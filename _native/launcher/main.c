@@ -348,7 +348,7 @@ again:
     ldp_set_identity(path);
     ldp_procself_setup(path);
     lap(4);
-    if (ldp_resolve_imports(p, 0, err, sizeof err) < 0) ldp_die(127, "%s", err);
+    if (ldp_resolve_imports(p, err, sizeof err) < 0) ldp_die(127, "%s", err);
     lap(5);
     if (ldp_apply_fixups(p, err, sizeof err) < 0) ldp_die(127, "%s", err);
     ldp_protect_plan(p);
