@@ -25,7 +25,7 @@ EOF) the connection is handed back: deactivated, the unsent reply bytes and
 the unread bytes returned for connection.py to queue in order."""
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.dict cimport PyDict_GetItem
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport malloc, calloc, realloc, free
 
@@ -35,6 +35,16 @@ cdef extern from "leasetable_sys.h":
     int lt_wait(int epfd, int *fds, uint32_t *evs, int max)
     ssize_t lt_recv(int fd, char *buf, size_t n)
     ssize_t lt_send(int fd, const char *buf, size_t n)
+    ssize_t lt_send_fd(int fd, const char *buf, size_t n, int passfd)
+    int lt_peercred(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid)
+    void lt_drop(int epfd, int fd)
+    int lt_door_new(int lfd)
+    int lt_add(int ep, int fd)
+    void lt_del(int ep, int fd)
+    int lt_wait_block(int ep, int *fds, uint32_t *evs, int max) nogil
+    int lt_accept1(int lfd)
+    void lt_pause_ms(int ms) nogil
+    void lt_log(int fd, const char *msg, size_t n)
     uint32_t EPOLLIN
 
 DEF RECV = 262144
@@ -42,10 +52,15 @@ DEF FLUSH_AT = 65536          # reply bytes gathered before a send
 DEF MAXEV = 256
 DEF NUIDS = 8
 DEF LEASE_OFF = 136           # struct ldp_plan_hdr: u64 lease
+DEF OP_HELLO = 1
 DEF OP_ACQUIRE_PROGRAM = 2
 DEF OP_RELEASE = 4
 DEF OP_PING = 6
 DEF REPLY = 0x100
+DEF NAME_MAX_LEN = 64         # a client's name, as service.py keeps it
+DEF FREE = 0
+DEF PY = 1
+DEF NATIVE = 2
 
 cdef struct KeySet:           # the image ids of one acquisition, shared by its leases
     int refcnt
@@ -85,7 +100,20 @@ cdef struct Conn:
     uint32_t uid
     char active
     char process
+    char owner                # FREE, PY (connection.py's) or NATIVE (fast door, never seen by Python)
+    char hello                # NATIVE: its HELLO was answered here
+    char fd_pending           # NATIVE: ... but the pool descriptor was not sent with it
+    int32_t pid
+    uint32_t gid
+    char name[NAME_MAX_LEN + 1]
     NLease *leases
+
+
+cdef struct IO:              # one reader's buffers: the event loop's, the fast door's
+    char *rbuf
+    char *obuf
+    size_t ocap
+    bint broken               # the last flush_out met a closed connection
 
 
 cdef inline uint64_t fnv(const char *p, size_t n):
@@ -94,6 +122,13 @@ cdef inline uint64_t fnv(const char *p, size_t n):
     for i in range(n):
         h = (h ^ <uint8_t>p[i]) * 0x100000001b3ULL
     return h
+
+
+cdef void io_init(IO *io):
+    io.rbuf = <char *>malloc(RECV)
+    io.ocap = FLUSH_AT * 2
+    io.obuf = <char *>malloc(io.ocap) if io.rbuf else NULL
+    io.broken = 0
 
 
 cdef void ks_drop(KeySet *ks):
@@ -116,15 +151,24 @@ cdef class LeaseTable:
     cdef size_t etcap, nentries
     cdef Conn *conns
     cdef int nconn
-    cdef char *rbuf
-    cdef char *obuf
-    cdef size_t ocap
+    cdef IO loop_io, door_io
     cdef public uint64_t hits, handed      # requests answered here / connections handed back
     cdef uint64_t batch                    # serve() calls
     cdef object published                  # the plan cache's {payload: acq} (None: no checks)
+    cdef int64_t next_client
+    cdef char *hello_reply                 # the HELLO reply frame (set_hello: the fast door is open)
+    cdef size_t hello_len
+    cdef int pool_fd
+    cdef public int nnative                # connections only this table knows
+    cdef public uint64_t door_accepted, door_adopted   # fast-door connections: all, and Python's
+    cdef public int log_fd                 # native ends logged here (-1: in gone, for Python)
+    cdef public list gone                  # [(client, pid, uid, gid, name, leases)] of ended native ones
 
     def __cinit__(self, uint64_t lease_prefix=0):
         self.next_id = (lease_prefix << 32) + 1
+        self.next_client = 1
+        self.pool_fd = -1
+        self.gone = []
         self.capimg = 64
         self.refs = <int64_t *>calloc(self.capimg, sizeof(int64_t))
         self.idle = <double *>calloc(self.capimg, sizeof(double))
@@ -135,17 +179,20 @@ cdef class LeaseTable:
         self.et = <Entry **>calloc(self.etcap, sizeof(Entry *))
         self.nconn = 0
         self.conns = NULL
-        self.rbuf = <char *>malloc(RECV)
-        self.ocap = FLUSH_AT * 2
-        self.obuf = <char *>malloc(self.ocap)
-        if not (self.refs and self.idle and self.idle_set and self.lt and self.et and self.rbuf and self.obuf):
+        self.log_fd = -1
+        io_init(&self.loop_io)
+        io_init(&self.door_io)
+        if not (self.refs and self.idle and self.idle_set and self.lt and self.et
+                and self.loop_io.obuf and self.door_io.obuf):
             raise MemoryError()
 
     def __dealloc__(self):
         # a broker's table lives as long as the broker; tests make a few
         self.forget_entries()
         free(self.refs); free(self.idle); free(self.idle_set)
-        free(self.lt); free(self.et); free(self.conns); free(self.rbuf); free(self.obuf)
+        free(self.lt); free(self.et); free(self.conns)
+        free(self.loop_io.rbuf); free(self.loop_io.obuf); free(self.door_io.rbuf); free(self.door_io.obuf)
+        free(self.hello_reply)
 
     # --- image counters -------------------------------------------------
     def new_image(self, double now):
@@ -315,6 +362,14 @@ cdef class LeaseTable:
             self.nconn = n
         return 0
 
+    def claim(self, int fd):
+        """connection.py serves this descriptor (before it enters the epoll
+        set): an event of an unclaimed one is a new fast-door connection."""
+        self._conn(fd)
+        if self.conns[fd].owner == NATIVE:
+            raise ValueError(f"descriptor {fd} is a native connection")
+        self.conns[fd].owner = PY
+
     def activate(self, int fd, int64_t client, uint32_t uid, bint process):
         """connection.py is idle on this connection: read it here."""
         self._conn(fd)
@@ -353,9 +408,59 @@ cdef class LeaseTable:
             ks_drop(l.ks)
             free(l)
             n += 1
-        c.active = 0
+        c.active = c.hello = c.fd_pending = 0
+        c.owner = FREE
         c.client = 0
         return n
+
+    # --- the fast door's native connections -------------------------------
+    def new_client_id(self):
+        """Client ids come from here, native connections' and Python's alike."""
+        cdef int64_t i = self.next_client
+        self.next_client += 1
+        return i
+
+    def set_hello(self, bytes frame, int pool_fd):
+        """Open the fast door: its connections' HELLO is answered with this
+        reply frame, pool_fd riding on it."""
+        free(self.hello_reply)
+        self.hello_reply = <char *>malloc(len(frame))
+        if not self.hello_reply:
+            raise MemoryError()
+        memcpy(self.hello_reply, <char *>frame, len(frame))
+        self.hello_len, self.pool_fd = len(frame), pool_fd
+
+    def adopt(self, int fd):
+        """A native connection handed back becomes connection.py's: (client,
+        pid, uid, gid, hello answered, name, pool descriptor still to send),
+        or None if fd is not a native connection."""
+        if fd >= self.nconn or self.conns[fd].owner != NATIVE:
+            return None
+        cdef Conn *c = &self.conns[fd]
+        c.owner, c.active = PY, 0
+        self.nnative -= 1
+        self.door_adopted += 1
+        return (c.client, c.pid, c.uid, c.gid, bool(c.hello), (<char *>c.name).decode("ascii"),
+                bool(c.fd_pending))
+
+    def native_clients(self):
+        """[(client, pid, uid, gid, hello, name)] of the native connections."""
+        cdef int fd
+        cdef Conn *c
+        out = []
+        for fd in range(self.nconn):
+            c = &self.conns[fd]
+            if c.owner == NATIVE:
+                out.append((c.client, c.pid, c.uid, c.gid, bool(c.hello), (<char *>c.name).decode("ascii")))
+        return out
+
+    def take_gone(self):
+        out, self.gone = self.gone, []
+        return out
+
+    def door(self, int lfd, mutex, adopt):
+        """The fast door's thread, until lfd is shut down (door_loop)."""
+        door_loop(self, lfd, mutex, adopt)
 
     # --- plan cache entries ---------------------------------------------------
     cdef size_t _eslot(self, uint64_t h, const char *p, uint32_t n):
@@ -469,4 +574,5 @@ cdef class LeaseTable:
         return serve_batch(self, epfd, mutex)
 
 
+include "leasetable_door.pxi"
 include "leasetable_serve.pxi"

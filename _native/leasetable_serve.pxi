@@ -33,11 +33,11 @@ cdef Entry *entry_for(LeaseTable t, Conn *c, const char *p, uint32_t n, bint fre
             e.checked = t.batch
     return e
 
-cdef int ensure_out(LeaseTable t, size_t more) except -1:
-    if more > t.ocap:
-        t.ocap = more * 2
-        t.obuf = <char *>realloc(t.obuf, t.ocap)
-        if not t.obuf:
+cdef int ensure_out(IO *io, size_t more) except -1:
+    if more > io.ocap:
+        io.ocap = more * 2
+        io.obuf = <char *>realloc(io.obuf, io.ocap)
+        if not io.obuf:
             raise MemoryError()
     return 0
 
@@ -72,7 +72,7 @@ cdef acquire_plan(LeaseTable t, int fd, bytes payload):
     return plan
 
 
-cdef int answer(LeaseTable t, int fd, Conn *c, uint32_t op, const char *p, uint32_t n,
+cdef int answer(LeaseTable t, IO *io, int fd, Conn *c, uint32_t op, const char *p, uint32_t n,
               size_t *olen, bint acquire, double *now) except -1:
     """Answer one request into obuf; 0 if it is not a hot one."""
     cdef Entry *e
@@ -85,10 +85,10 @@ cdef int answer(LeaseTable t, int fd, Conn *c, uint32_t op, const char *p, uint3
         e = entry_for(t, c, p, n)
         if e == NULL:
             return 0
-        ensure_out(t, olen[0] + e.rlen)
+        ensure_out(io, olen[0] + e.rlen)
         lid = grant(t, fd, c, e)
-        memcpy(t.obuf + olen[0], e.reply, e.rlen)
-        memcpy(t.obuf + olen[0] + 8 + LEASE_OFF, &lid, 8)
+        memcpy(io.obuf + olen[0], e.reply, e.rlen)
+        memcpy(io.obuf + olen[0] + 8 + LEASE_OFF, &lid, 8)
         olen[0] += e.rlen
     elif op == OP_RELEASE:
         # exactly "lease=N\0"; anything else (object=, a Python lease) goes up
@@ -106,14 +106,14 @@ cdef int answer(LeaseTable t, int fd, Conn *c, uint32_t op, const char *p, uint3
         t._remove(l)
         ks_drop(l.ks)
         free(l)
-        ensure_out(t, olen[0] + 8)
+        ensure_out(io, olen[0] + 8)
         hdr[0], hdr[1] = 0, OP_RELEASE | REPLY
-        memcpy(t.obuf + olen[0], hdr, 8)
+        memcpy(io.obuf + olen[0], hdr, 8)
         olen[0] += 8
     elif op == OP_PING and n == 0:
-        ensure_out(t, olen[0] + 8)
+        ensure_out(io, olen[0] + 8)
         hdr[0], hdr[1] = 0, OP_PING | REPLY
-        memcpy(t.obuf + olen[0], hdr, 8)
+        memcpy(io.obuf + olen[0], hdr, 8)
         olen[0] += 8
     else:
         return 0
@@ -121,18 +121,25 @@ cdef int answer(LeaseTable t, int fd, Conn *c, uint32_t op, const char *p, uint3
     return 1
 
 cdef serve_batch(LeaseTable t, int epfd, mutex):
-    cdef int fds[MAXEV], got[MAXEV]
+    cdef int fds[MAXEV]
     cdef uint32_t evs[MAXEV]
+    cdef int n = lt_wait(epfd, fds, evs, MAXEV)
+    if n <= 0:
+        return 0, None
+    return n, serve_ready(t, &t.loop_io, epfd, fds, evs, n, mutex)
+
+cdef list serve_ready(LeaseTable t, IO *io, int epfd, int *fds, uint32_t *evs, int n, mutex):
+    """The ready sockets fds[:n] of epfd: what connection.py must do, as
+    [(fd, events, unsent, rest)] (see LeaseTable.serve)."""
+    cdef int got[MAXEV]
     cdef size_t at[MAXEV], length[MAXEV]
-    cdef int n = lt_wait(epfd, fds, evs, MAXEV), i, j, m = 0, fd
+    cdef int i, j, m = 0, fd
     cdef Conn *c
     cdef ssize_t r
-    cdef size_t off, olen, sent, used = 0, end
+    cdef size_t off, olen, sent, used = 0, end, k
     cdef uint32_t hdr[2]
     cdef double now = -1
     cdef bint acquire = mutex is None
-    if n <= 0:
-        return 0, None
     up = []
     # every ready socket is read first, then answered: a file stat'ed
     # while answering is then stat'ed after every request of the batch
@@ -144,16 +151,22 @@ cdef serve_batch(LeaseTable t, int epfd, mutex):
             continue
         c = &t.conns[fd]
         if not evs[i] & EPOLLIN:
+            if c.owner == NATIVE:
+                native_end(t, epfd, fd, &now)
+                continue
             c.active = 0
             t.handed += 1
             up.append((fd, evs[i], None, None))
             continue
         if RECV - used < 4096:
             continue                     # level-triggered: next round
-        r = lt_recv(fd, t.rbuf + used, min(RECV - used, 65536))
+        r = lt_recv(fd, io.rbuf + used, min(RECV - used, 65536))
         if r == -2:
             continue
         if r <= 0:                       # EOF or error: connection.py ends it
+            if c.owner == NATIVE:
+                native_end(t, epfd, fd, &now)
+                continue
             c.active = 0
             t.handed += 1
             up.append((fd, evs[i], None, None))
@@ -162,7 +175,7 @@ cdef serve_batch(LeaseTable t, int epfd, mutex):
         used += r
         m += 1
     if m == 0:
-        return n, up
+        return up
     t.batch += 1
     held = None
     if not acquire and mutex.acquire(False):
@@ -175,36 +188,54 @@ cdef serve_batch(LeaseTable t, int epfd, mutex):
             c = &t.conns[fd]
             off, end = at[j], at[j] + length[j]
             olen = sent = 0
-            while end - off >= 8:
-                memcpy(hdr, t.rbuf + off, 8)
+            io.broken = 0
+            if c.owner == NATIVE and not c.hello:
+                k = native_hello(t, io, c, io.rbuf + off, end - off)
+                if k:
+                    off += k
+                    olen = t.hello_len
+            # nothing before a HELLO: a native connection without one goes up whole
+            while (c.hello or c.owner != NATIVE) and end - off >= 8:
+                memcpy(hdr, io.rbuf + off, 8)
                 if hdr[0] > end - off - 8:
                     break
-                if not answer(t, fd, c, hdr[1], t.rbuf + off + 8, hdr[0], &olen, acquire, &now):
+                if not answer(t, io, fd, c, hdr[1], io.rbuf + off + 8, hdr[0], &olen, acquire, &now):
                     break
                 off += 8 + hdr[0]
                 if olen >= FLUSH_AT:
-                    sent = flush_out(t, fd, olen)
+                    sent = flush_out(t, io, fd, c, olen)
                     if sent < olen:
                         break
                     olen = sent = 0
             if olen and not sent:
-                sent = flush_out(t, fd, olen)
+                sent = flush_out(t, io, fd, c, olen)
+            if io.broken and c.owner == NATIVE:
+                # the program is over before its announcement was read (a
+                # short one usually is): what was granted goes with it
+                native_end(t, epfd, fd, &now)
+                continue
             if sent < olen or off < end:
                 c.active = 0
                 t.handed += 1
-                up.append((fd, evs[i], t.obuf[sent:olen] if sent < olen else None,
-                           t.rbuf[off:end] if off < end else None))
+                up.append((fd, evs[i], io.obuf[sent:olen] if sent < olen else None,
+                           io.rbuf[off:end] if off < end else None))
     finally:
         if held is not None:
             held.release()
-    return n, up
+    return up
 
-cdef size_t flush_out(LeaseTable t, int fd, size_t olen):
+cdef size_t flush_out(LeaseTable t, IO *io, int fd, Conn *c, size_t olen):
     cdef size_t done = 0
     cdef ssize_t s
     while done < olen:
-        s = lt_send(fd, t.obuf + done, olen - done)
+        if c.fd_pending:            # the pool descriptor rides on the HELLO reply's first byte
+            s = lt_send_fd(fd, io.obuf + done, olen - done, t.pool_fd)
+            if s > 0:
+                c.fd_pending = 0
+        else:
+            s = lt_send(fd, io.obuf + done, olen - done)
         if s <= 0:                  # full (0) or broken (<0): connection.py's send decides
+            io.broken = s < 0
             break
         done += <size_t>s
     return done

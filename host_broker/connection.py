@@ -92,6 +92,7 @@ class Connection:
         self.lost = False
         self.mask = 0                      # epoll events registered for
         self.hot = False                   # read by the native table (see above)
+        hub.table.claim(self.fileno)
 
     def start(self):
         """A starting program sends HELLO and ACQUIRE_PROGRAM right after
@@ -127,11 +128,19 @@ class Connection:
                                     self.client.kind == "process")
             self.hot = True
 
-    def _handed(self, unsent, rest):
+    def adopted(self, unsent, rest, fd=None):
+        """A fast-door connection the native table answered so far becomes
+        ours (it is in no epoll set now); fd: the pool descriptor its HELLO
+        reply still has to carry."""
+        self._handed(unsent, rest, fd)
+        if not self.lost:
+            self._update()
+
+    def _handed(self, unsent, rest, fd=None):
         """The native table stopped at something it does not answer: the
         replies it could not send go first, then what it did not read."""
         if unsent:
-            self._send(P.PING, unsent, None)
+            self._send(P.PING, unsent, fd)
         if rest:
             try:
                 frames = self.decoder.feed(rest)

@@ -4,11 +4,14 @@ do not wait for the answer: ldpool-exec started from a plan cache file
 
 A Unix socket wakes its reader on the writer's processor, as if the writer
 were about to sleep; a starting program that goes on running is then
-preempted by the broker for as long as the broker takes to answer (the
-launcher's broker phase: 300-800 us instead of ~100). Here a thread of its
-own, SCHED_BATCH (it never preempts on wake-up), accepts the connection and
-hands it to the event loop, which serves it like any other; the event loop
-keeps its priority for the clients that do wait (docs/protocol.md)."""
+preempted by the broker for as long as the broker takes to answer.  Here a
+thread of its own, SCHED_BATCH (it never preempts on wake-up), serves the
+door with an epoll set of its own: the native table
+(_native/leasetable_door.pxi) accepts, answers each connection's HELLO and
+cached ACQUIRE_PROGRAM, and sees it end, with no Python object and no
+asyncio wake-up; connection.py adopts a connection only if it asks for more
+(docs/protocol.md).  A Python connection per start cost the broker ~250 us of
+CPU, which on two processors is the starting program's time."""
 import os
 import socket
 import threading
@@ -29,26 +32,20 @@ class FastDoor:
         sock, ino = listen_unix(path, 0o600)
         return cls(sock, path, ino)
 
-    def start(self, loop, adopt):
-        """adopt(conn) runs on the event loop for every connection."""
-        threading.Thread(target=self._run, args=(loop, adopt), name="fastdoor", daemon=True).start()
+    def start(self, table, mutex, adopt):
+        """Serve the door with the native table (LeaseTable.door) in a
+        thread; adopt(fd, unsent, rest) must be safe to call from it."""
+        self.sock.setblocking(False)
+        threading.Thread(target=self._run, args=(table, mutex, adopt), name="fastdoor",
+                         daemon=True).start()
 
-    def _run(self, loop, adopt):
+    def _run(self, table, mutex, adopt):
         try:   # this thread only (Linux): batch, at the starting nice value
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
             os.setpriority(os.PRIO_PROCESS, 0, self._nice)
         except (AttributeError, OSError):
             pass
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return                      # closed: the broker stops
-            try:
-                loop.call_soon_threadsafe(adopt, conn)
-            except RuntimeError:            # the loop is gone
-                conn.close()
-                return
+        table.door(self.sock.fileno(), mutex, adopt)      # until close()
 
     def close(self):
         try:

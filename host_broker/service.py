@@ -87,7 +87,6 @@ class Broker(LeaseOps):
         if not self.state.recovered:
             self.plans.wipe()           # a new epoch; a re-attach keeps them (stamps decide)
         self.clients = {}
-        self._next_client = 1
         self._build_lock = None
         self._stop = None
         self._last_active = time.monotonic()
@@ -124,9 +123,14 @@ class Broker(LeaseOps):
                  f"{f', idle exit {self.idle_exit:g}s' if self.idle_exit else ''})")
         if ready:
             ready()
-        self.hub = Hub(loop, self.state.refs.table, self.state.mutex)
+        table = self.state.refs.table
+        self.hub = Hub(loop, table, self.state.mutex)
         loop.add_reader(self.sock.fileno(), self._accept)
-        self.fast_door.start(loop, self._adopt)
+        body, fd = self._hello_reply()
+        table.set_hello(_HEADER_PACK(len(body), P.HELLO | P.REPLY) + body, fd)
+        table.log_fd = 2 if self.log is stderr_log else -1
+        self.fast_door.start(table, self.state.mutex,
+                             lambda *a: loop.call_soon_threadsafe(self._adopt_native, *a))
         tasks = {asyncio.ensure_future(self._tick())}
         try:
             await self._stop
@@ -150,7 +154,8 @@ class Broker(LeaseOps):
         removed with its journal (mappings in processes survive the unlink).
         Images a process still maps (left by a previous broker) keep it."""
         st = self.state
-        st.sweep(linger=0)
+        with st.mutex:                  # the fast door may end its last batch
+            st.sweep(linger=0)
         if st.store.images:
             st.save()
             return
@@ -180,21 +185,51 @@ class Broker(LeaseOps):
         request is already there."""
         conn.setblocking(False)
         pid, uid, gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        client = Client(self._next_client, pid, uid, gid, conn.fileno())
-        self._next_client += 1
+        client = Client(self.state.refs.table.new_client_id(), pid, uid, gid, conn.fileno())
         self.clients[client.id] = client
         Connection(self, conn, client, self.hub).start()
+
+    def _adopt_native(self, fd, unsent, rest):
+        """A fast-door connection the native table answered so far asks for
+        more (dlopen, a plan to build, a HELLO it would not take)."""
+        info = self.state.refs.table.adopt(fd)
+        if info is None:
+            return
+        cid, pid, uid, gid, hello, name, fd_pending = info
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        client = Client(cid, pid, uid, gid, fd)
+        if hello:
+            client.kind, client.name, client.hello = "process", name, True
+        self.clients[cid] = client
+        Connection(self, sock, client, self.hub).adopted(
+            unsent, rest, self.state.pool.readonly_fd() if fd_pending else None)
+
+
+    def all_clients(self):
+        """Every connected client: Python's and the native table's."""
+        out = list(self.clients.values())
+        for cid, pid, uid, gid, hello, name in self.state.refs.table.native_clients():
+            c = Client(cid, pid, uid, gid)
+            if hello:
+                c.kind, c.name, c.hello = "process", name, True
+            out.append(c)
+        return out
 
     async def _tick(self):
         while True:
             await asyncio.sleep(min(1.0, max(0.05, self.linger / 4)))
+            for msg in self.state.refs.table.take_gone():      # native clients' ends
+                self.log(msg)
             if not self._build_lock.locked():
-                for rec in self.state.sweep():
+                with self.state.mutex:                   # the fast door grants meanwhile
+                    gone = self.state.sweep()
+                for rec in gone:
                     self.log(f"evicted {rec.path} ({rec.placed.size >> 10} KiB at {rec.map_start:#x})")
                 if self.state.files_idle(time.monotonic()):
                     self.state.drop_files()
             # bare connections (liveness probes) do not keep the broker alive
-            if any(c.hello for c in list(self.clients.values())):
+            if self.state.refs.table.nnative or any(c.hello for c in list(self.clients.values())):
                 self._last_active = time.monotonic()
             elif self.idle_exit and time.monotonic() - self._last_active >= self.idle_exit:
                 self.log(f"idle for {self.idle_exit:g}s: exiting")
@@ -261,13 +296,19 @@ class Broker(LeaseOps):
         client.kind, client.name, client.hello = kind, req.text("name", "")[:64], True
         self._last_active = time.monotonic()
         # no log line here: starts are the hot path; _gone logs the client
+        body, fd = self._hello_reply()
+        return body, (fd if kind == "process" else None)
+
+    def _hello_reply(self):
+        """The HELLO reply body (the same for every client of this epoch)
+        and the pool descriptor for processes."""
         st = self.state
         if self._hello_body is None:
             self._hello_body = P.encode_kv([
                 ("proto", 1), ("epoch", st.epoch), ("pool", st.pool_name),
                 ("pool_size", st.pool.size), ("window", hex(st.pool.window)),
                 ("window_size", hex(st.pool.window_size)), ("broker_pid", os.getpid())])
-        return self._hello_body, (st.pool.readonly_fd() if kind == "process" else None)
+        return self._hello_body, st.pool.readonly_fd()
 
     def _acquire_program(self, client, payload):
         with self.state.mutex:
@@ -318,7 +359,8 @@ class Broker(LeaseOps):
                        [(os.fsencode(path), sid) for path, sid in acq.files], client.uid, acq)
 
     def _stats(self, client, payload):
-        return json.dumps(stats_for(self, client.uid)).encode()
+        with self.state.mutex:          # a consistent view: the fast door waits
+            return json.dumps(stats_for(self, client.uid)).encode()
 
     def _ping(self, client, payload):
         return b""

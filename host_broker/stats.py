@@ -54,7 +54,8 @@ def stats_for(broker, uid):
         c = per_client.setdefault(lease.client, [0, 0])
         c[0] += 1
         c[1] += sum(1 for k in lease.keys if k is not None)
-    for c in list(broker.clients.values()):
+    every = broker.all_clients()
+    for c in every:
         if not (see_all or c.uid == uid):
             hidden_clients += 1
             continue
@@ -67,12 +68,13 @@ def stats_for(broker, uid):
         consistent = True
     except AssertionError:
         consistent = False
-    tot.update(consistent=consistent, hidden_images=hidden, clients=len(broker.clients), hidden_clients=hidden_clients,
+    tot.update(consistent=consistent, hidden_images=hidden, clients=len(every), hidden_clients=hidden_clients,
                leases=len(leases), pool_used=st.pool.extents.used_bytes,
                window_used=st.placements.extents.used_bytes,
                pool_resident=st.pool.resident_bytes(),
                dlopen_cached=broker.acquirer.dl_hits, dlopen_built=broker.acquirer.dl_builds,
-               hot_answered=refs.table.hits, hot_handed=refs.table.handed)
+               hot_answered=refs.table.hits, hot_handed=refs.table.handed,
+               door_accepted=refs.table.door_accepted, door_adopted=refs.table.door_adopted)
     return {"proto": P.PROTO_VERSION, "epoch": st.epoch, "pool": st.pool_name,
             "pool_size": st.pool.size, "pool_used": st.pool.extents.used_bytes,
             "window": hex(st.pool.window), "window_size": hex(st.pool.window_size),
