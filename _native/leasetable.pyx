@@ -114,6 +114,7 @@ cdef struct IO:              # one reader's buffers: the event loop's, the fast 
     char *obuf
     size_t ocap
     bint broken               # the last flush_out met a closed connection
+    bint door                 # the fast door's (entry_for: files=False)
 
 
 cdef inline uint64_t fnv(const char *p, size_t n):
@@ -128,7 +129,7 @@ cdef void io_init(IO *io):
     io.rbuf = <char *>malloc(RECV)
     io.ocap = FLUSH_AT * 2
     io.obuf = <char *>malloc(io.ocap) if io.rbuf else NULL
-    io.broken = 0
+    io.broken = io.door = 0
 
 
 cdef void ks_drop(KeySet *ks):
@@ -182,6 +183,7 @@ cdef class LeaseTable:
         self.log_fd = -1
         io_init(&self.loop_io)
         io_init(&self.door_io)
+        self.door_io.door = 1
         if not (self.refs and self.idle and self.idle_set and self.lt and self.et
                 and self.loop_io.obuf and self.door_io.obuf):
             raise MemoryError()

@@ -185,3 +185,29 @@ def test_door_many_concurrent_and_killed_clients(broker, tmp_path):
     _settled(broker)
     t = _totals(broker)
     assert t["door_accepted"] == 220 and t["door_adopted"] == 0
+
+
+def test_door_does_not_rebuild_for_a_changed_file(broker, tmp_path):
+    """The door's clients map their plan cache file, which the launcher
+    checks against the files itself: a program changed on disk since is the
+    launcher's to notice (tests/test_fastpath.py), and the door answers from
+    the entry (no stat, no plan rebuilt for a client that would not use it),
+    while the main socket's clients, who map the reply, get a fresh plan."""
+    prog = str(tmp_path / "xz")
+    with open(XZ, "rb") as src, open(prog, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(prog, 0o755)
+    _warm(broker, prog)
+    os.utime(prog, ns=(1, 1))                     # changed since the plan was made
+    with raw_connect(broker.socket + ".fast") as s:
+        s.sendall(_hello("changed") + _acq(prog))
+        _op, _b, fd = _recv_fd(s)
+        os.close(fd)
+        assert reply(s)[0] == P.ACQUIRE_PROGRAM | P.REPLY
+        t = _totals(broker)
+        assert t["door_adopted"] == 0 and t["door_accepted"] == 1
+    with raw_connect(broker.socket) as s:
+        s.sendall(_hello("main") + _acq(prog))
+        _recv_fd(s)
+        assert reply(s)[0] == P.ACQUIRE_PROGRAM | P.REPLY
+    _settled(broker)
