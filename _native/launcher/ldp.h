@@ -134,6 +134,7 @@ int ldp_libc_start_main(int (*main)(int, char **, char **), int argc, char **arg
 void ldp_start(int argc, char **argv, char **envp, const char *execfn) __attribute__((noreturn));
 void ldp_jump(void *sp, void *entry) __attribute__((noreturn));   /* tlsdesc.S */
 void ldp_set_identity(const char *argv0);
+void ldp_move_args(char **argv, int first, int argc, const char **keep[], int nkeep);
 extern int ldp_argc; extern char **ldp_argv, **ldp_envp;
 
 /* ---- symbols of pooled objects (symbols.c) ---- */

@@ -345,6 +345,9 @@ again:
     }
     if (ldp_prog_fd >= 0) close(ldp_prog_fd);   /* a plan mapping nothing from the file */
     ldp_prog_fd = -1;
+    const char **keep[] = {&path, &execfn, &ldp_socket_opt, &planfile, &poolfile};
+    ldp_move_args(argv, i, argc, keep, 5);
+    ldp_progname = prog = argv[i];
     ldp_set_identity(path);
     ldp_procself_setup(path);
     lap(4);

@@ -111,6 +111,27 @@ void ldp_set_identity(const char *path)
     prctl(PR_SET_NAME, c ? c + 1 : path, 0, 0, 0);
 }
 
+/* The kernel's /proc/PID/cmdline (ps, pgrep -f, psutil, node's
+ * process.title) is the bytes exec left from the first argument string to
+ * the end of the last: the launcher's own words came first.  The program's
+ * strings move to the start of that area and the launcher's share becomes
+ * NULs, as a title setter leaves it.  Strings the launcher still needs that
+ * lay in the area are copied first (*keep[k]). */
+void ldp_move_args(char **argv, int first, int argc, const char **keep[], int nkeep)
+{
+    if (first <= 0 || first >= argc) return;
+    for (int k = 0; k + 1 < argc; k++)
+        if (argv[k + 1] != argv[k] + strlen(argv[k]) + 1) return;   /* not exec's layout */
+    char *start = argv[0], *from = argv[first];
+    char *end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
+    for (int k = 0; k < nkeep; k++)
+        if (*keep[k] && *keep[k] >= start && *keep[k] < end) *keep[k] = strdup(*keep[k]);
+    size_t n = end - from, shift = from - start;
+    memmove(start, from, n);
+    memset(start + n, 0, shift);
+    for (int k = first; k < argc; k++) argv[k] -= shift;
+}
+
 /* Build argc/argv/envp/auxv as the kernel would for the program, below the
  * current stack frame, and jump to its entry. */
 void ldp_start(int argc, char **argv, char **envp0, const char *execfn)
