@@ -148,6 +148,10 @@ def run(args):
         return explain_program(path, cmd[0], env)
     launcher = launcher_path()
     argv = [launcher] + (["--no-fallback"] if args.no_fallback else []) + ["--"] + cmd
+    if not args.no_fallback and cmd[0] and os.path.basename(cmd[0]) != "ldpool-exec":
+        # the launcher runs its argv[0] itself (found as execvp would): the
+        # program's /proc/PID/cmdline (ps, psutil) then has no trace of it
+        argv = cmd
     _exec(launcher, argv, env)
 
 
