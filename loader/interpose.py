@@ -20,6 +20,7 @@ from collections import namedtuple
 from _native import reloc
 from loader.errors import LdpoolError
 from loader.imports import import_name
+from loader.resolve import is_glibc_soname
 
 R_64, R_COPY, R_GLOB_DAT, R_JUMP_SLOT = 1, 5, 6, 7
 SHN_UNDEF = 0
@@ -87,8 +88,16 @@ def interpositions(scope):
     for i, b, r, name, ver, func in _glibc_bound_out(scope):
         tgt = b.target[r]
         if func:
-            raise NotPoolable(f"{scope.elf(tgt).path} defines {name}, which glibc calls: it "
-                              "cannot be pooled (glibc is already bound to its own)")
+            # a caller outside glibc's own sonames is a library left to ld.so
+            # (it replaces malloc: plan._host_allocators), bound before us too
+            soname = scope.elf(i).soname
+            if is_glibc_soname(soname):
+                caller, why = "glibc", "glibc is already bound to its own"
+            else:
+                caller = soname or scope.elf(i).path
+                why = f"{caller} replaces a glibc function, so ld.so loads it before the program"
+            raise NotPoolable(f"{scope.elf(tgt).path} defines {name}, which {caller} calls: "
+                              f"it cannot be pooled ({why})")
         if b.value[r] in copies.setdefault(tgt, _copy_targets(scope, tgt)):
             continue                     # a COPY relocation: its own fixup repoints glibc
         out[(name, ver)] = Interposed(name, ver, i, tgt, b.value[r], max(b.symsize[r], 1),

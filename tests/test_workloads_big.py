@@ -268,3 +268,29 @@ def test_binutils_on_a_big_library(env):
     same(["objdump", "-d", "--no-show-raw-insn", lib], env)
     same(["readelf", "-wi", "/usr/lib/x86_64-linux-gnu/libz.so.1"], env)
     same(["as", "--version"], env)
+
+
+def _fallback(argv, env):
+    return subprocess.run(["ldpool-exec", "--", *argv], capture_output=True, env=env, timeout=120)
+
+
+def test_fallback_runs_the_program_as_exec_would(env):
+    # a fallback was `ld.so --argv0 ... PROG` with the user's LD_PRELOAD set
+    # aside: /proc/self/exe named ld.so, and the preload was lost
+    e = dict(env, LD_PROFILE="libnothing.so.0", LD_PRELOAD="libz.so.1")
+    argv = ["sh", "-c", "readlink /proc/$$/exe; env | grep ^LD_ | sort; grep -c libz /proc/$$/maps"]
+    nat = subprocess.run(argv, capture_output=True, env=e)
+    got = _fallback(argv, e)
+    assert b"note: running sh under ld.so: LD_PROFILE is set" in got.stderr
+    assert (got.returncode, got.stdout) == (nat.returncode, nat.stdout)
+
+
+def test_program_left_to_ldso_names_itself(env):
+    # gprofng's tools define cplus_demangle, which libgprofng (a malloc
+    # replacement, so loaded by ld.so first) calls: they fall back, and
+    # print their name from /proc/self/exe
+    have("gp-archive")
+    nat = subprocess.run(["gp-archive", "--version"], capture_output=True, env=env)
+    got = _fallback(["gp-archive", "--version"], env)
+    assert b"which libgprofng.so.0 calls" in got.stderr, got.stderr
+    assert (got.returncode, got.stdout) == (nat.returncode, nat.stdout)

@@ -93,17 +93,16 @@ static void fallback(const char *path, char **argv, const char *why, int direct)
 {
     ldp_note("note: running %s %s: %s", argv[0], direct ? "without ldpool" : "under ld.so", why);
     ldp_hosted_restore_env();
-    if (direct) {
-        execv(path, argv);
-        ldp_die(127, "%s: %s", path, strerror(errno));
+    const char *moved = getenv("LDPOOL_PRELOAD");   /* main's re-run set it aside */
+    if (moved) {
+        setenv("LD_PRELOAD", moved, 1);
+        unsetenv("LDPOOL_PRELOAD");
     }
-    int n = 0;
-    while (argv[n]) n++;
-    char **v = malloc(sizeof *v * (n + 4));
-    v[0] = "/lib64/ld-linux-x86-64.so.2", v[1] = "--argv0", v[2] = argv[0], v[3] = (char *)path;
-    memcpy(v + 4, argv + 1, sizeof *v * n);
-    execv(v[0], v);
-    ldp_die(127, "cannot run ld.so: %s", strerror(errno));
+    /* the kernel starts its PT_INTERP (ld.so) as for a native run, not
+     * `ld.so --argv0 ... PROG`: /proc/self/exe and the auxv then name the
+     * program (gprofng's tools print their name from /proc/self/exe) */
+    execv(path, argv);
+    ldp_die(127, "%s: %s", path, strerror(errno));
 }
 
 /* What the kernel would do with the file: 0 = dynamic ELF (ours), 1 =
