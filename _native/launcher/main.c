@@ -245,6 +245,11 @@ int main(int argc, char **argv, char **envp)
     const char *path = find_program(prog, pbuf, sizeof pbuf);
     ldp_progname = prog;
     if (!path) ldp_die(127, "%s: command not found", prog);
+    /* a shell puts the path of what it ran in $_: that was us (or `ldpool
+     * run`); bash's own $_ starts from it */
+    const char *us = getenv("_"), *ub = us ? strrchr(us, '/') : NULL;
+    ub = ub ? ub + 1 : us;
+    if (ub && (!strcmp(ub, "ldpool-exec") || !strcmp(ub, "ldpool"))) setenv("_", path, 1);
     struct stat st;
     if (stat(path, &st) < 0) ldp_die(127, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) ldp_die(126, "%s: not a regular file", path);
