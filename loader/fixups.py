@@ -60,7 +60,8 @@ LAUNCHER_NAMES = frozenset("""
     dl_iterate_phdr _dl_find_object __tls_get_addr readlink readlinkat realpath
     __readlink_chk __readlinkat_chk __realpath_chk open open64 openat openat64
     __open_2 __open64_2 __openat_2 __openat64_2 fopen fopen64
-    backtrace_symbols backtrace_symbols_fd""".split())
+    backtrace_symbols backtrace_symbols_fd
+    execve execv execvp execvpe execl execlp execle posix_spawn posix_spawnp""".split())
 
 
 def libc_values(imports, libc):

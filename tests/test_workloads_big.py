@@ -313,3 +313,51 @@ def test_dollar_underscore_names_the_program(env):
         "env |", "ldpool-exec -- env |")], capture_output=True, env=env)
     assert nat.stdout == b"/usr/bin/bash\n_=/usr/bin/env\n" or b"bin/bash" in nat.stdout
     assert got.stdout == nat.stdout, (got.stdout, nat.stdout)
+
+
+SELF_EXEC = r"""
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char **environ;
+int main(int argc, char **argv)
+{
+    if (argc > 1) {                                   /* a child */
+        printf("child %s %s %s\n", argv[0], argv[1], getenv("STEP") ? getenv("STEP") : "-");
+        return 0;
+    }
+    char *v[] = {"spawned", "s", NULL};
+    pid_t pid;
+    int st;
+    if (posix_spawn(&pid, "/proc/self/exe", NULL, NULL, v, environ) == 0) waitpid(pid, &st, 0);
+    fflush(stdout);
+    if (fork() == 0) { execl("/proc/self/exe", "listed", "l", (char *)NULL); _exit(99); }
+    wait(&st);
+    char *e[] = {"STEP=le", NULL};
+    if (fork() == 0) { execle("/proc/self/exe", "listed-env", "e", (char *)NULL, e); _exit(99); }
+    wait(&st);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/exe", (int)getpid());
+    execv(path, (char *[]){"vectored", "v", NULL});
+    return 99;
+}
+"""
+
+
+def test_exec_of_proc_self_exe_runs_the_program(env, tmp_path):
+    # natively the program again, with the argv[0] its caller chose; the
+    # kernel's /proc/self/exe is the launcher, so pooled code's execs of it
+    # are given the program's path
+    have("gcc")
+    (tmp_path / "selfexec.c").write_text(SELF_EXEC)
+    subprocess.run(["gcc", "-O", "-o", "selfexec", "selfexec.c"], cwd=tmp_path, check=True)
+    r = same(["./selfexec"], env, cwd=tmp_path, stderr_too=True)
+    assert r.stdout == b"child spawned s -\nchild listed l -\nchild listed-env e le\nchild vectored v -\n"
+    py = "/usr/bin/python3"
+    same([py, "-c", "import os; os.execv('/proc/self/exe', ['weird', '-c', 'import sys; print(sys.argv)'])"],
+         env, stderr_too=True)
+    same([py, "-c", "import subprocess; print(subprocess.run(['/proc/self/exe', '-c', 'print(3)'], "
+                    "capture_output=True).stdout)"], env, stderr_too=True)

@@ -40,6 +40,15 @@ static const struct { const char *name; void *fn; } overrides[] = {
     {"__openat64_2", (void *)ldp_openat64_2},
     {"fopen", (void *)ldp_fopen},
     {"fopen64", (void *)ldp_fopen64},
+    {"execve", (void *)ldp_execve},
+    {"execv", (void *)ldp_execv},
+    {"execvp", (void *)ldp_execvp},
+    {"execvpe", (void *)ldp_execvpe},
+    {"execl", (void *)ldp_execl},
+    {"execlp", (void *)ldp_execlp},
+    {"execle", (void *)ldp_execle},
+    {"posix_spawn", (void *)ldp_posix_spawn},
+    {"posix_spawnp", (void *)ldp_posix_spawnp},
     {"backtrace_symbols", (void *)ldp_backtrace_symbols},
     {"backtrace_symbols_fd", (void *)ldp_backtrace_symbols_fd},
 };
@@ -47,7 +56,9 @@ static const struct { const char *name; void *fn; } overrides[] = {
 void *ldp_override(const char *name)
 {
     /* every import of every object comes here: most leave at once */
-    if (!strchr("_bdfor", name[0]) || !name[0]) return NULL;
+    if (!strchr("_bdefopr", name[0]) || !name[0]) return NULL;
+    if ((name[0] == 'e' && strncmp(name, "exec", 4)) || (name[0] == 'p' && strncmp(name, "posix_spawn", 11)))
+        return NULL;   /* pthread_*, printf...: many imports start so */
     for (size_t i = 0; i < sizeof overrides / sizeof overrides[0]; i++)
         if (overrides[i].name[0] == name[0] && overrides[i].name[1] == name[1] && strcmp(overrides[i].name, name) == 0)
             return overrides[i].fn;

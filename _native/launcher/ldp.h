@@ -8,6 +8,7 @@
 #include <elf.h>
 #include <link.h>
 #include <dlfcn.h>
+#include <spawn.h>
 #include <unistd.h>
 #include "plan.h"
 
@@ -166,6 +167,17 @@ ssize_t ldp_readlinkat(int dirfd, const char *path, char *buf, size_t size);
 char *ldp_realpath(const char *path, char *resolved);
 ssize_t ldp_readlink_chk(const char *path, char *buf, size_t size, size_t buflen);
 ssize_t ldp_readlinkat_chk(int dirfd, const char *path, char *buf, size_t size, size_t buflen);
+int ldp_execve(const char *path, char *const argv[], char *const envp[]);
+int ldp_execv(const char *path, char *const argv[]);
+int ldp_execvp(const char *file, char *const argv[]);
+int ldp_execvpe(const char *file, char *const argv[], char *const envp[]);
+int ldp_execl(const char *path, const char *arg0, ...);
+int ldp_execlp(const char *file, const char *arg0, ...);
+int ldp_execle(const char *path, const char *arg0, ...);
+int ldp_posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+                    const posix_spawnattr_t *attr, char *const argv[], char *const envp[]);
+int ldp_posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+                     const posix_spawnattr_t *attr, char *const argv[], char *const envp[]);
 char *ldp_realpath_chk(const char *path, char *resolved, size_t resolvedlen);
 int ldp_open(const char *path, int flags, ...);
 int ldp_open64(const char *path, int flags, ...);

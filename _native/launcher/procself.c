@@ -173,3 +173,55 @@ int ldp_openat64_2(int dirfd, const char *path, int flags) { return __openat64_2
 
 FILE *ldp_fopen(const char *path, const char *mode) { return fopen(redirect(path), mode); }
 FILE *ldp_fopen64(const char *path, const char *mode) { return fopen64(redirect(path), mode); }
+
+/* An exec of /proc/self/exe would start the launcher, with an argv[0] the
+ * caller chose (python's os.execv, subprocess of sys.executable's link):
+ * the program's own file is executed instead, as natively (the kernel's
+ * ld.so runs it; not pooled, the same behaviour). */
+int ldp_execve(const char *path, char *const argv[], char *const envp[])
+{
+    return execve(redirect(path), argv, envp);
+}
+int ldp_execv(const char *path, char *const argv[]) { return execv(redirect(path), argv); }
+int ldp_execvp(const char *file, char *const argv[]) { return execvp(redirect(file), argv); }
+int ldp_execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    return execvpe(redirect(file), argv, envp);
+}
+int ldp_posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+                    const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    return posix_spawn(pid, redirect(path), fa, attr, argv, envp);
+}
+int ldp_posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+                     const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    return posix_spawnp(pid, redirect(file), fa, attr, argv, envp);
+}
+
+/* execl's list as an argv; with_env: execle's envp follows the NULL */
+#define LIST_ARGV(arg0, v, envp, with_env) do { va_list ap; size_t n = 1; va_start(ap, arg0); \
+        while (va_arg(ap, char *)) n++; va_end(ap); v = __builtin_alloca((n + 1) * sizeof *v); \
+        va_start(ap, arg0); v[0] = (char *)arg0; for (size_t k = 1; k <= n; k++) v[k] = va_arg(ap, char *); \
+        if (with_env) envp = va_arg(ap, char **); va_end(ap); } while (0)
+
+int ldp_execl(const char *path, const char *arg0, ...)
+{
+    char **v, **envp = NULL;
+    LIST_ARGV(arg0, v, envp, 0);
+    (void)envp;
+    return execv(redirect(path), v);
+}
+int ldp_execlp(const char *file, const char *arg0, ...)
+{
+    char **v, **envp = NULL;
+    LIST_ARGV(arg0, v, envp, 0);
+    (void)envp;
+    return execvp(redirect(file), v);
+}
+int ldp_execle(const char *path, const char *arg0, ...)
+{
+    char **v, **envp = NULL;
+    LIST_ARGV(arg0, v, envp, 1);
+    return execve(redirect(path), v, envp);
+}
