@@ -361,3 +361,11 @@ def test_exec_of_proc_self_exe_runs_the_program(env, tmp_path):
          env, stderr_too=True)
     same([py, "-c", "import subprocess; print(subprocess.run(['/proc/self/exe', '-c', 'print(3)'], "
                     "capture_output=True).stdout)"], env, stderr_too=True)
+
+
+def test_path_search_passes_a_directory(env, tmp_path):
+    # execvp (and a shell) go on past a directory named like the program
+    (tmp_path / "bin" / "true").mkdir(parents=True)
+    e = dict(env, PATH=f"{tmp_path}/bin:{env['PATH']}")
+    r = subprocess.run(["ldpool-exec", "--no-fallback", "--", "true"], capture_output=True, env=e)
+    assert (r.returncode, r.stderr) == (0, b"")

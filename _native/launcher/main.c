@@ -80,7 +80,8 @@ static const char *find_program(const char *prog, char *buf, size_t n)
     for (const char *p = path;; ) {
         const char *c = strchrnul(p, ':');
         snprintf(buf, n, "%.*s%s%s", (int)(c - p), p, c == p ? "" : "/", prog);
-        if (access(buf, X_OK) == 0) return buf;
+        struct stat st;   /* execvp goes on past a directory of that name */
+        if (access(buf, X_OK) == 0 && stat(buf, &st) == 0 && S_ISREG(st.st_mode)) return buf;
         if (!*c) break;
         p = c + 1;
     }
