@@ -136,8 +136,13 @@ class ElfTables:
         if DT["HASH"] in self.dyn:
             n = self.sysv_hash_table.nchain
         gh = self.gnu_hash_table
-        if gh is not None:
+        if gh is not None and (gh.chains or n is None):
+            # a GNU hash covers only the defined symbols: with none (a lib
+            # that exports nothing) its symoffset says nothing about the
+            # undefined ones relocations still index; the section does
             n = max(n or 0, gh.symoffset + len(gh.chains))
+            if not gh.chains:
+                n = max(n, self.section_dynsym_count or self._guess_syms())
         if n is None:
             n = self.section_dynsym_count
         if n is None:

@@ -1,0 +1,2 @@
+prog QUIT_MODE=exit ./exe
+prog QUIT_MODE=_exit ./exe

@@ -1,0 +1,1 @@
+int plug_func(int x) { return x + 1; }

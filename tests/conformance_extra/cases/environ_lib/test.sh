@@ -1,0 +1,1 @@
+prog XTRA_A=one ./exe

@@ -1,0 +1,2 @@
+prog ./my-prog
+prog "$B/my-prog"

@@ -1,0 +1,1 @@
+int mine_value(void) { return 1; }

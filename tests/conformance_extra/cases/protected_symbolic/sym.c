@@ -1,0 +1,3 @@
+int sfunc(void) { return 5; }
+int sdata = 6;
+int sym_calls(void) { return sfunc() * 10 + sdata; }

@@ -1,0 +1,1 @@
+int c3(void) { return 3; }

@@ -1,0 +1,1 @@
+const char *pick(void) { return "good"; }

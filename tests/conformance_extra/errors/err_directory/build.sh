@@ -1,0 +1,2 @@
+# desc: the program is a directory
+mkdir -p a_directory
