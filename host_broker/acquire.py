@@ -110,9 +110,12 @@ class Acquirer:
 
     def _build_program(self, path, argv0, cwd, env, preload):
         from loader import plan, resolve
-        res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
+        try:
+            res = resolve.resolve_program(path, env=env, cwd=cwd, preload=preload or None)
+        except ResolveError as e:
+            raise resolve.load_error(error=e) from None
         if res.missing:
-            raise ResolveError(f"{path}: cannot find {', '.join(map(str, res.missing))}")
+            raise resolve.load_error(res)
         pooled = [o for o in res.objects if not o.is_glibc]
         if self.public_only:
             check_public(pooled)             # before any byte of them enters the pool

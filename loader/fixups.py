@@ -134,8 +134,8 @@ def _signed(v):
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def undefined_error(elf, name):
-    return ResolveError(f"symbol lookup error: {elf.path}: undefined symbol: {name}")
+def undefined_error(elf, name, lname=None):
+    return ResolveError(f"symbol lookup error: {lname or elf.path}: undefined symbol: {name}")
 
 
 def object_fixups(ctx, k):
@@ -187,7 +187,9 @@ def object_fixups(ctx, k):
                 # reports it then
                 fs.add(addr, pf.FIX_SYM64, glibc_import(s, pf.IMP_FUNC, False))
                 return
-            raise undefined_error(elf, elf.symbol(s).name)
+            # named as ld.so names it: the path as it was found ("./libx.so")
+            names = getattr(ctx, "names", None)
+            raise undefined_error(elf, elf.symbol(s).name, names[k] if names else None)
         glibc = tgt >= 0 and entries[tgt][2]
         if t == R_COPY:
             # the copy writes the symbol's whole size: every page of it is private

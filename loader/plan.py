@@ -183,7 +183,13 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
         raise _missing_error(resolution)
     version_errors = getattr(resolution, "version_errors", None)
     if version_errors:
-        raise ResolveError(version_errors[0])
+        # ld.so names the program by argv[0] ("required by ./prog")
+        msg, main = version_errors[0], resolution.main.path
+        if argv0 and msg.endswith(f"(required by {main})"):
+            msg = msg[:-len(main) - 1] + argv0 + ")"
+        if argv0 and msg.startswith(f"{main}: "):
+            msg = argv0 + msg[len(main):]
+        raise ResolveError(msg)
     bind_now = bind_now or _env_bind_now(resolution)
     _host_allocators(resolution)
     planned = set(range(len(objs)))
@@ -254,7 +260,9 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
     ctx = SimpleNamespace(entries=entries, scope=scope, placed=placed, source=source,
                           global_index=gindex, imports=Imports(strings), bind_now=bind_now,
                           glibc_flags=bytes(1 if e[2] else 0 for e in entries),
-                          stubs=stubs, slots={})
+                          stubs=stubs, slots={},
+                          names=[None if getattr(o, "kind", "") == "main" else getattr(o, "path", None)
+                                 for o in objs])
     if stubs is not None:
         data.stubs = (stubs.addr, stubs.size, stubs.pool_off, stubs.slots_addr, stubs.slots_size)
     data.static_tls_size, data.static_tls_align = tls_total

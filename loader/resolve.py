@@ -90,6 +90,16 @@ class Missing(NamedTuple):
         return f"{self.name} (needed by {self.requester.path})"
 
 
+def load_error(res=None, error=None):
+    """The ResolveError ld.so would start a program with: its text after
+    "PROG: " (the launcher prefixes argv[0]), for the first missing library
+    of `res` or for a library that could not be loaded (`error`)."""
+    if error is not None:
+        return ResolveError(f"error while loading shared libraries: {error}")
+    return ResolveError(f"error while loading shared libraries: {res.missing[0].name}: "
+                        "cannot open shared object file: No such file or directory")
+
+
 @dataclass(eq=False)
 class Resolution:
     """A program's objects in ld.so's load order."""

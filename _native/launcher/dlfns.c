@@ -243,7 +243,7 @@ static void *do_sym(void *h, const char *name, const char *ver, void *ret)
     a = ldp_slot_identity(ver ? dlvsym(h, name, ver) : dlsym(h, name));
     if (!a && r) {
         (void)dlerror();
-        ldp_set_error("%s: undefined symbol: %s%s%s", r->path, name, ver ? ", version " : "", ver ? ver : "");
+        ldp_set_error("%s: undefined symbol: %s%s%s", r->name[0] ? r->name : ldp_progname, name, ver ? ", version " : "", ver ? ver : "");
     }
     return a;
 }
@@ -372,7 +372,7 @@ int ldp_dladdr1(const void *addr, Dl_info *info, void **extra, int flags)
         return rc;
     }
     const Elf64_Sym *s = ldp_nearest(r, (uint64_t)addr);
-    info->dli_fname = (r->o->flags & LDP_OBJ_MAIN) ? (ldp_argv ? ldp_argv[0] : r->path) : r->path;
+    info->dli_fname = (r->o->flags & LDP_OBJ_MAIN) ? (ldp_argv ? ldp_argv[0] : r->path) : r->name;
     info->dli_fbase = (void *)r->o->map_start;
     info->dli_sname = s ? r->strtab + s->st_name : NULL;
     info->dli_saddr = s ? (void *)(r->o->l_addr + s->st_value) : NULL;

@@ -95,6 +95,13 @@ static void *lazy_stub(struct ldp_plan *p, uint32_t imp, const char *obj)
     return c;
 }
 
+/* an object as ld.so's messages name it: l_name, argv[0] for the program */
+static const char *objname(struct ldp_plan *p, const struct ldp_obj *o)
+{
+    const char *n = ldp_str(p, o->name);
+    return n[0] ? n : ldp_progname;
+}
+
 #define MISSING ((uint64_t)1)   /* import sentinel: not found, not weak */
 
 static int bind_now(const struct ldp_obj *o);
@@ -106,7 +113,7 @@ static uint64_t slot_value(struct ldp_plan *p, const struct ldp_slot *s, char *e
     uint64_t a = p->imp_addr[s->import];
     if (a != MISSING) return a;
     struct ldp_rt *r = s->obj < ldp_nobj ? ldp_objs[s->obj] : NULL;
-    const char *obj = r ? r->path : "?";
+    const char *obj = r ? (r->name[0] ? r->name : ldp_progname) : "?";
     if (!(s->flags & LDP_SLOT_BIND_NOW) && !(r && bind_now(r->o))) {
         void *stub = lazy_stub(p, s->import, obj);
         if (stub) return (uint64_t)stub;
@@ -318,10 +325,10 @@ static uint64_t sym_value(struct ldp_plan *p, uint32_t k, const struct ldp_fix *
     const struct ldp_obj *o = owner(p, k);
     const struct ldp_import *im = &p->imp[f->sym];
     if ((im->flags & LDP_IMP_FUNC) && f->type == LDP_FIX_SYM64 && !bind_now(o)) {
-        void *stub = lazy_stub(p, f->sym, ldp_str(p, o->path));
+        void *stub = lazy_stub(p, f->sym, objname(p, o));
         if (stub) return (uint64_t)stub - f->addend;
     }
-    snprintf(err, errlen, "symbol lookup error: %s: undefined symbol: %s%s%s", ldp_str(p, o->path),
+    snprintf(err, errlen, "symbol lookup error: %s: undefined symbol: %s%s%s", objname(p, o),
              ldp_str(p, im->name), im->version != LDP_NONE ? ", version " : "",
              im->version != LDP_NONE ? ldp_str(p, im->version) : "");
     *bad = 1;

@@ -17,6 +17,7 @@ extern const char *ldp_progname;     /* the program being run, for messages */
 void ldp_die(int status, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 void ldp_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int ldp_debug;                 /* LDPOOL_DEBUG set */
+int ldp_version_error(const char *msg);  /* ld.so's version error text: its status is 1 */
 
 /* ---- a validated plan (plan_check.c) ---- */
 struct ldp_plan {

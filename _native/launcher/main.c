@@ -307,7 +307,7 @@ again:
             int unreachable;
             buf = ldp_broker_acquire_program(path, prog, &len, &unreachable, err, sizeof err);
             if (!buf && (unreachable || unsupported(err)) && !nofallback) fallback(path, argv + i, err, 0);
-            if (!buf) ldp_die(127, "%s", err);
+            if (!buf) ldp_die(ldp_version_error(err) ? 1 : 127, "%s", err);
             pool_size = ldp_broker_pool_size();
         }
     }

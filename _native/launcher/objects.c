@@ -121,7 +121,9 @@ void ldp_objects_add(struct ldp_plan *p)
         r->name = ldp_str(p, r->o->name);
         r->path = ldp_str(p, r->o->path);
         r->lm.l_addr = r->o->l_addr;
-        r->lm.l_name = (char *)((r->o->flags & LDP_OBJ_MAIN) ? "" : r->path);
+        /* l_name is the name as ld.so built it ("lib/libfoo.so" when found
+         * through a relative search path); path, absolute, is for opening */
+        r->lm.l_name = (char *)((r->o->flags & LDP_OBJ_MAIN) ? "" : r->name);
         r->lm.l_ld = (Elf64_Dyn *)r->o->l_ld;
         r->global = 1;
         __atomic_store_n(&ldp_objs[g], r, __ATOMIC_RELEASE);   /* a reused index keeps the old record alive */

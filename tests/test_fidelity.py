@@ -1,0 +1,138 @@
+"""ldpool-exec and `ldpool run` look like ld.so where a user can see it:
+the names of libraries found through relative paths (link map, dladdr,
+dl_iterate_phdr, dlerror) and ld.so's own error messages and exit statuses
+(missing library, undefined symbol at load time and at call time, symbol
+versions, a missing LD_PRELOAD).  Small C programs built here; every
+expectation is the native run's own output, compared byte for byte."""
+import subprocess
+import textwrap
+
+import pytest
+
+from launcher_helpers import TIMEOUT, env, same  # noqa: F401  (env is a fixture)
+
+
+def cc(cwd, *args):
+    subprocess.run(["gcc", "-O1", *args], check=True, cwd=cwd)
+
+
+def pooled(argv, env, cwd, front="exec"):
+    cmd = {"exec": ["ldpool-exec", "--no-fallback", "--"], "run": ["ldpool", "run", "--no-fallback", "--"]}[front]
+    return subprocess.run(cmd + argv, capture_output=True, env=env, cwd=cwd, timeout=TIMEOUT)
+
+
+def native(argv, env, cwd):
+    return subprocess.run(argv, capture_output=True, env=env, cwd=cwd, timeout=TIMEOUT)
+
+
+def assert_same_error(argv, env, cwd, fronts=("exec", "run")):
+    """Native and pooled runs print the same stdout and stderr and exit alike."""
+    nat = native(argv, env, cwd)
+    assert nat.returncode != 0, nat
+    for front in fronts:
+        got = pooled(argv, env, cwd, front)
+        assert (got.returncode, got.stdout, got.stderr) == (nat.returncode, nat.stdout, nat.stderr), front
+    return nat
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """liby.so (calls missing_fn, which nobody defines), programs linked
+    lazily and with -z now against it, a library with version V2 replaced
+    by one with V1 only, and a program naming its libraries."""
+    d = tmp_path_factory.mktemp("fid")
+    (d / "y.c").write_text("int missing_fn(void);\nint bar(void) { return missing_fn(); }\n"
+                           "int ok(void) { return 7; }\n")
+    (d / "m.c").write_text('#include <stdio.h>\nint bar(void); int ok(void);\n'
+                           'int main(void) { printf("%d\\n", ok()); fflush(stdout); return bar(); }\n')
+    (d / "g.c").write_text("int gone(void) { return 1; }\n")
+    (d / "mg.c").write_text("int gone(void);\nint main(void) { return gone(); }\n")
+    (d / "v2.map").write_text("V1 { global: vf; local: *; };\nV2 { global: vf2; } V1;\n")
+    (d / "v1.map").write_text("V1 { global: vf; local: *; };\n")
+    (d / "v2.c").write_text("int vf(void) { return 1; }\nint vf2(void) { return 2; }\n")
+    (d / "v1.c").write_text("int vf(void) { return 1; }\n")
+    (d / "mv.c").write_text("int vf2(void);\nint main(void) { return vf2(); }\n")
+    (d / "names.c").write_text(textwrap.dedent("""
+        #define _GNU_SOURCE
+        #include <dlfcn.h>
+        #include <link.h>
+        #include <stdio.h>
+        int ok(void);
+        #include <string.h>
+        static int cb(struct dl_phdr_info *i, size_t s, void *d) {
+            if (strstr(i->dlpi_name, "liby")) printf("phdr [%s]\\n", i->dlpi_name);
+            return 0;
+        }
+        int main(void) {
+            Dl_info di;
+            dladdr((void *)ok, &di);
+            printf("dladdr %s\\n", di.dli_fname);
+            void *h = dlopen("liby.so", RTLD_NOW | RTLD_NOLOAD);
+            struct link_map *m;
+            dlinfo(h, RTLD_DI_LINKMAP, &m);
+            printf("l_name [%s]\\n", m->l_name);
+            char o[4096];
+            dlinfo(h, RTLD_DI_ORIGIN, o);
+            printf("origin %s\\n", o);
+            void *nope = dlsym(h, "nope");
+            printf("sym %p %s\\n", nope, dlerror());
+            dl_iterate_phdr(cb, 0);
+            return 0;
+        }
+    """))
+    cc(d, "-shared", "-fPIC", "-o", "liby.so", "y.c")
+    cc(d, "-o", "lazy", "m.c", "-L.", "-ly", "-Wl,-rpath,.", "-Wl,--allow-shlib-undefined")
+    cc(d, "-o", "now", "m.c", "-L.", "-ly", "-Wl,-rpath,.", "-Wl,-z,now", "-Wl,--allow-shlib-undefined")
+    cc(d, "-shared", "-fPIC", "-o", "libgone.so", "g.c")
+    cc(d, "-o", "needgone", "mg.c", "-L.", "-lgone", "-Wl,-rpath,$ORIGIN")
+    (d / "libgone.so").unlink()
+    cc(d, "-shared", "-fPIC", "-o", "libv.so", "v2.c", "-Wl,--version-script=v2.map", "-Wl,-soname,libv.so")
+    cc(d, "-o", "vprog", "mv.c", "-L.", "-lv", "-Wl,-rpath,$ORIGIN")
+    cc(d, "-shared", "-fPIC", "-o", "libv.so", "v1.c", "-Wl,--version-script=v1.map", "-Wl,-soname,libv.so")
+    (d / "lib").mkdir()
+    (d / "lib" / "liby.so").write_bytes((d / "liby.so").read_bytes())
+    cc(d, "-o", "names", "names.c", "-L.", "-ly", "-Wl,--allow-shlib-undefined", "-ldl")
+    return d
+
+
+def test_missing_library_message(env, tree):
+    """`PROG: error while loading shared libraries: libgone.so: cannot open
+    shared object file: No such file or directory`, exit 127, PROG as
+    argv[0] (relative here)."""
+    nat = assert_same_error(["./needgone"], env, tree)
+    assert nat.returncode == 127 and nat.stderr.startswith(b"./needgone: error while loading shared libraries: libgone")
+
+
+def test_undefined_symbol_at_load_and_call(env, tree):
+    """`PROG: symbol lookup error: ./liby.so: undefined symbol: missing_fn`
+    (the library named as it was found through RPATH "."), exit 127: at the
+    call for a lazily bound library, at load time with LD_BIND_NOW=1, and
+    for a -z now program whose library is lazy."""
+    for prog, e in (("./lazy", env), ("./lazy", dict(env, LD_BIND_NOW="1")), ("./now", env)):
+        nat = assert_same_error([prog], e, tree, fronts=("exec",))
+        assert b"symbol lookup error: ./liby.so: undefined symbol: missing_fn" in nat.stderr
+
+
+def test_version_not_found(env, tree):
+    """`PROG: LIB: version `V2' not found (required by PROG)`, exit 1."""
+    nat = assert_same_error(["./vprog"], env, tree)
+    assert b"version `V2' not found (required by ./vprog)" in nat.stderr and nat.returncode == 1
+
+
+def test_missing_preload_is_a_warning(env, tree):
+    """ld.so's `ERROR: ld.so: object ... cannot be preloaded ...: ignored.`
+    and the program runs (and then fails lazily as natively)."""
+    e = dict(env, LD_PRELOAD="nothere.so")
+    nat = assert_same_error(["./lazy"], e, tree, fronts=("exec",))
+    assert b"nothere.so' from LD_PRELOAD cannot be preloaded" in nat.stderr
+
+
+def test_relative_names(env, tree):
+    """A library found through LD_LIBRARY_PATH=lib is `lib/liby.so` for
+    dladdr, the link map, dlerror and dl_iterate_phdr; its origin is
+    absolute, as natively."""
+    e = dict(env, LD_LIBRARY_PATH="lib")
+    r = same(["./names"], e, cwd=tree)
+    out = r.stdout.decode()
+    assert "dladdr lib/liby.so\n" in out and "l_name [lib/liby.so]" in out and "phdr [lib/liby.so]" in out
+    assert f"origin {tree}/lib\n" in out and "lib/liby.so: undefined symbol: nope" in out
