@@ -32,6 +32,9 @@ STARTUP_WRITTEN = frozenset("""environ __environ _environ __progname __progname_
     program_invocation_name program_invocation_short_name __libc_stack_end
     __libc_single_threaded __curbrk _dl_argv __libc_enable_secure""".split())
 
+# what a library left to ld.so (hosted) usually replaces, named in notices
+ALLOCATOR_NAMES = ("malloc", "free", "calloc", "realloc", "memalign", "aligned_alloc", "posix_memalign")
+
 Interposed = namedtuple("Interposed", "name version glibc_index definer addr size copy")
 
 
@@ -95,7 +98,9 @@ def interpositions(scope):
                 caller, why = "glibc", "glibc is already bound to its own"
             else:
                 caller = soname or scope.elf(i).path
-                why = f"{caller} replaces a glibc function, so ld.so loads it before the program"
+                replaced = _replaced_by(scope, i)
+                why = (f"{caller} replaces glibc's {replaced}, so ld.so loads it before the program "
+                       "and binds it before the program's definitions exist")
             raise NotPoolable(f"{scope.elf(tgt).path} defines {name}, which {caller} calls: "
                               f"it cannot be pooled ({why})")
         if b.value[r] in copies.setdefault(tgt, _copy_targets(scope, tgt)):
@@ -103,6 +108,17 @@ def interpositions(scope):
         out[(name, ver)] = Interposed(name, ver, i, tgt, b.value[r], max(b.symsize[r], 1),
                                       name in STARTUP_WRITTEN)
     return list(out.values())
+
+
+def _replaced_by(scope, k):
+    """The glibc functions hosted library k replaces (what made it hosted),
+    for the notice: "malloc, free..." """
+    names = []
+    for name in ALLOCATOR_NAMES:
+        d = scope.lookup(name, None, k, search_list=[k])
+        if d is not None and scope.elf(d[0]).symbol(d[1]).shndx:
+            names.append(name)
+    return ", ".join(names) if names else "functions glibc calls"
 
 
 def _copy_targets(scope, k):

@@ -136,3 +136,32 @@ def test_relative_names(env, tree):
     out = r.stdout.decode()
     assert "dladdr lib/liby.so\n" in out and "l_name [lib/liby.so]" in out and "phdr [lib/liby.so]" in out
     assert f"origin {tree}/lib\n" in out and "lib/liby.so: undefined symbol: nope" in out
+
+
+def test_fallback_notice_names_the_replaced_function(env, tmp_path):
+    """gprofng's case, minimised: a DT_NEEDED malloc replacement (left to
+    ld.so, which binds it before the program exists) calls a function the
+    program defines.  The program runs under ld.so as natively, and the
+    notice says which glibc functions the library replaces (not glibc's
+    fault)."""
+    (tmp_path / "al.c").write_text(textwrap.dedent("""
+        #include <stddef.h>
+        void *__libc_malloc(size_t); void __libc_free(void *);
+        void *__libc_calloc(size_t, size_t); void *__libc_realloc(void *, size_t);
+        void *malloc(size_t n) { return __libc_malloc(n); }
+        void free(void *p) { __libc_free(p); }
+        void *calloc(size_t a, size_t b) { return __libc_calloc(a, b); }
+        void *realloc(void *p, size_t n) { return __libc_realloc(p, n); }
+        int prog_hook(void);
+        int call_hook(void) { return prog_hook(); }
+    """))
+    (tmp_path / "m.c").write_text('#include <stdio.h>\nint call_hook(void);\n'
+                                  'int prog_hook(void) { return 41; }\n'
+                                  'int main(void) { printf("%d\\n", call_hook() + 1); return 0; }\n')
+    cc(tmp_path, "-shared", "-fPIC", "-o", "libal.so", "al.c")
+    cc(tmp_path, "-o", "hooked", "m.c", "-L.", "-lal", "-Wl,-rpath,$ORIGIN", "-rdynamic")
+    nat = native(["./hooked"], env, tmp_path)
+    got = subprocess.run(["ldpool-exec", "./hooked"], capture_output=True, env=env, cwd=tmp_path, timeout=TIMEOUT)
+    assert (got.returncode, got.stdout) == (nat.returncode, nat.stdout) == (0, b"42\n")
+    assert b"hooked defines prog_hook, which " in got.stderr and b"libal.so calls" in got.stderr, got.stderr
+    assert b"libal.so replaces glibc's malloc, free, calloc, realloc" in got.stderr, got.stderr
