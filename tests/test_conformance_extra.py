@@ -8,6 +8,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -29,6 +30,11 @@ def _run_suite(prefix, tmp_path, names):
     from launcher_helpers import SOCKDIR as sockdir          # the test broker, started on demand
     os.makedirs(sockdir, mode=0o700, exist_ok=True)
     env = dict(os.environ, LDPOOL_SOCKET=f"{sockdir}/broker.sock", TMPDIR=str(tmp_path), CASES=" ".join(names))
+    # the cases' LD_PRELOAD (wrapping puts/getenv) also reaches the `ldpool`
+    # front's interpreter: make `python3` the real one, not a shell shim
+    # (pyenv's bash shim breaks under it; a venv's console script is direct)
+    front_dir = os.path.dirname(shutil.which(prefix[0]) or "")
+    env["PATH"] = os.pathsep.join([front_dir, os.path.dirname(sys.executable), env.get("PATH", "")])
     r = subprocess.run([str(SUITE / "run.sh"), *prefix], capture_output=True, text=True, env=env, timeout=600)
     m = re.search(r"^(\d+) passed, (\d+) failed$", r.stdout, re.M)
     assert m, f"run.sh printed no summary:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"

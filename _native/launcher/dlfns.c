@@ -400,6 +400,8 @@ int ldp_dlinfo(void *h, int req, void *arg)
     }
     case RTLD_DI_TLS_MODID: *(size_t *)arg = (r->o->tls_tpoff || r->o->tls_memsz) ? r->o->tls_modid : 0; return 0;
     case RTLD_DI_TLS_DATA: *(void **)arg = ldp_tls_block(r); return 0;
+    case RTLD_DI_SERINFOSIZE: return ldp_serinfo(r, arg, 1);
+    case RTLD_DI_SERINFO: return ldp_serinfo(r, arg, 0);
     default:
         ldp_set_error("dlinfo: request %d is not supported for pooled objects", req);
         return -1;

@@ -84,6 +84,8 @@ struct ldp_rt *ldp_find_addr(const void *addr);
 struct ldp_rt *ldp_from_handle(void *h);
 struct ldp_rt *ldp_find_name(const char *name);
 struct ldp_rt *ldp_find_unloaded(const char *name);
+void ldp_unwind_prime(struct ldp_plan *p);   /* the pooled libgcc_s, for glibc's own copy (unwindprime.c) */
+int ldp_serinfo(struct ldp_rt *r, Dl_serinfo *si, int counting);   /* dlinfo RTLD_DI_SERINFO[SIZE] (serinfo.c) */
 
 /* ---- mapping (mapping.c) ---- */
 int ldp_map_plan(struct ldp_plan *p, int poolfd, char *err, size_t errlen);

@@ -39,6 +39,7 @@ static void init_obj(struct ldp_rt *r)
 void ldp_run_inits(struct ldp_plan *p, int argc, char **argv, char **envp)
 {
     (void)argc, (void)argv, (void)envp;
+    ldp_unwind_prime(p);   /* before any init can cancel a thread */
     if (ldp_main != LDP_NONE && ldp_objs[ldp_main]->plan == p)
         call_array(ldp_objs[ldp_main]->o->preinit_array, ldp_objs[ldp_main]->o->preinit_count, 0);
     for (uint32_t i = 0; i < p->h->ninit; i++) {

@@ -38,5 +38,12 @@ int main(void)
     Dl_serinfo *si = malloc(sz.dls_size); dlinfo(self, RTLD_DI_SERINFOSIZE, si); dlinfo(self, RTLD_DI_SERINFO, si);
     int sub = 0; for (unsigned k = 0; k < si->dls_cnt; k++) if (strstr(si->dls_serpath[k].dls_name, "/sub")) sub++;
     printf("serinfo lists the RUNPATH sub dir: %d\n", sub);
+    for (unsigned k = 0; k < si->dls_cnt; k++) {
+        /* $ORIGIN is "<B>/." under an explicit "ld.so ./exe": drop "/." components */
+        char d[4096], *q; snprintf(d, sizeof d, "%s", si->dls_serpath[k].dls_name);
+        while ((q = strstr(d, "/./"))) memmove(q, q + 2, strlen(q + 2) + 1);
+        size_t l = strlen(d); if (l > 2 && !strcmp(d + l - 2, "/.")) d[l - 2] = 0;
+        printf("  search dir %s flags %#x\n", d, si->dls_serpath[k].dls_flags);
+    }
     return 0;
 }
