@@ -165,3 +165,33 @@ def test_fallback_notice_names_the_replaced_function(env, tmp_path):
     assert (got.returncode, got.stdout) == (nat.returncode, nat.stdout) == (0, b"42\n")
     assert b"hooked defines prog_hook, which " in got.stderr and b"libal.so calls" in got.stderr, got.stderr
     assert b"libal.so replaces glibc's malloc, free, calloc, realloc" in got.stderr, got.stderr
+
+
+def test_dl_iterate_phdr_native_order(env, tmp_path):
+    """dl_iterate_phdr reports the program, the vDSO, the start's objects
+    in ld.so's load order (libz, libm, libc: glibc's family where the
+    program needed it, among pooled libz), ld.so, then a dlopen'ed library:
+    names, count and order as natively."""
+    (tmp_path / "ord.c").write_text(textwrap.dedent("""
+        #define _GNU_SOURCE
+        #include <dlfcn.h>
+        #include <link.h>
+        #include <math.h>
+        #include <stdio.h>
+        #include <zlib.h>
+        static int cb(struct dl_phdr_info *i, size_t s, void *d) {
+            printf("[%s] tls %d\\n", i->dlpi_name, i->dlpi_tls_modid != 0);
+            return 0;
+        }
+        int main(int argc, char **argv) {
+            printf("%s %f\\n", zlibVersion(), sqrt(argc + 1.0));
+            dl_iterate_phdr(cb, 0);
+            void *h = dlopen("libbz2.so.1.0", RTLD_NOW);
+            puts("-- after dlopen");
+            dl_iterate_phdr(cb, 0);
+            return !h;
+        }
+    """))
+    cc(tmp_path, "-o", "ord", "ord.c", "-lz", "-lm", "-ldl")
+    r = same([str(tmp_path / "ord")], env)
+    assert r.stdout.count(b"\n[") >= 11 and b"[linux-vdso.so.1]" in r.stdout.split(b"\n")[2]
