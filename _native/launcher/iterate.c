@@ -1,6 +1,6 @@
 /* What unwinders and iterators see: dl_iterate_phdr reports the program
- * first (in the launcher's place, named "" as natively), then ld.so's
- * objects, then the pooled libraries; _dl_find_object knows pooled ranges
+ * first (in the launcher's place, named "" as natively), then ld.so's and
+ * the pooled objects in the native load order; _dl_find_object knows pooled ranges
  * and their PT_GNU_EH_FRAME, which is all libgcc_s 12 needs to unwind.
  *
  * The launcher also exports both names: it is the main executable, first
