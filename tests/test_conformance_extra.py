@@ -16,9 +16,6 @@ SUITE = pathlib.Path(__file__).parent / "conformance_extra"
 
 # name -> why it is left out (see the report / docs/launcher.md "Known limits")
 KNOWN_FAILING = {
-    # an explicit "ld.so PROG" runs a file without execute permission too; only
-    # the execve path refuses it, and ldpool-exec is the explicit-loader kind
-    "err_no_exec_perm": "ldpool-exec, like an explicit ld.so invocation, runs a program without execute permission",
 }
 
 

@@ -254,6 +254,8 @@ int main(int argc, char **argv, char **envp)
     struct stat st;
     if (stat(path, &st) < 0) ldp_die(127, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) ldp_die(126, "%s: not a regular file", path);
+    /* a drop-in prefix refuses what execve would (an explicit ld.so would run it) */
+    if (access(path, X_OK) < 0) ldp_die(126, "%s: %s", path, strerror(errno));
     ldp_argc = argc - i;
     ldp_argv = argv + i;
     const char *execfn = path;   /* as execve would have been given it */
