@@ -195,3 +195,28 @@ def test_dl_iterate_phdr_native_order(env, tmp_path):
     cc(tmp_path, "-o", "ord", "ord.c", "-lz", "-lm", "-ldl")
     r = same([str(tmp_path / "ord")], env)
     assert r.stdout.count(b"\n[") >= 11 and b"[linux-vdso.so.1]" in r.stdout.split(b"\n")[2]
+
+
+def test_dlopen_errors_as_dlerror(env, tree, tmp_path):
+    """dlerror after a failed dlopen: a missing library, a missing
+    dependency of the library, and RTLD_NOW with an undefined symbol
+    (`./liby.so: undefined symbol: missing_fn`, no "symbol lookup error")."""
+    (tree / "pl.c").write_text("int gone(void);\nint plug(void) { return gone(); }\n")
+    cc(tree, "-shared", "-fPIC", "-o", "libdep.so", "g.c")
+    cc(tree, "-shared", "-fPIC", "-o", "libplug.so", "pl.c", "-L.", "-ldep", "-Wl,-rpath,$ORIGIN")
+    (tree / "libdep.so").unlink()
+    (tree / "dl.c").write_text(textwrap.dedent("""
+        #include <dlfcn.h>
+        #include <stdio.h>
+        int main(void) {
+            const char *names[] = {"libnothere.so", "./libplug.so", "./liby.so"};
+            for (int i = 0; i < 3; i++) {
+                void *h = dlopen(names[i], RTLD_NOW);
+                printf("%s: %s\\n", names[i], h ? "loaded" : dlerror());
+            }
+            return 0;
+        }
+    """))
+    cc(tree, "-o", "dl", "dl.c", "-ldl")
+    r = same(["./dl"], env, cwd=tree)
+    assert b"./liby.so: ./liby.so: undefined symbol: missing_fn\n" in r.stdout

@@ -44,6 +44,13 @@ void ldp_set_error(const char *fmt, ...)
     (void)dlerror();   /* ld.so's older message is superseded */
 }
 
+/* dlerror's text for a load error: ld.so's message without the "symbol
+ * lookup error: " a program start would print before it */
+static const char *dl_text(const char *err)
+{
+    return strncmp(err, "symbol lookup error: ", 21) == 0 ? err + 21 : err;
+}
+
 static void clear_error(void) { ((struct errstate *)ldp_tls_errslot())->pending = 0; }
 
 char *ldp_dlerror(void)
@@ -130,7 +137,7 @@ static void *dlopen_locked(const char *file, int mode, void *caller)
             ldp_note("note: dlopen(%s) goes to ld.so: %s", file, err);
             return dlopen(file, mode);
         }
-        ldp_set_error("%s", err);
+        ldp_set_error("%s", dl_text(err));
         return NULL;
     }
     struct ldp_plan *p = malloc(sizeof *p);
@@ -172,7 +179,7 @@ static void *open_plan(struct ldp_plan *p, int mode)
              ldp_apply_fixups(p, err, sizeof err) == 0 && ldp_tls_install(p, err, sizeof err) == 0;
     ldp_dlopen_now = 0;
     if (!ok) {
-        ldp_set_error("%s", err);
+        ldp_set_error("%s", dl_text(err));
         for (uint32_t i = 0; i < p->h->nobj; i++) {
             if (mapped) ldp_unmap(ldp_objs[p->first_index + i]);
             ldp_objs[p->first_index + i]->state = LDP_ST_GONE;
