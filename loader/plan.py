@@ -204,7 +204,7 @@ def build_plan(resolution, source, argv0=None, first_index=0, bind_now=False, le
     return _assemble(objs, source, scope, entries, placed, gindex, pooled, tls,
                      (tls_size, tls_align), init, glibc, first_index, bind_now, lease, with_stats,
                      text_in_pool=_text_in_pool(source, text_in_pool),
-                     interposed=interpositions(scope))
+                     interposed=interpositions(scope), progname=argv0)
 
 
 def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, lease=0,
@@ -253,7 +253,7 @@ def build_dlopen_plan(resolution, new, source, first_index, bind_now=False, leas
 
 def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_total, init, glibc,
               first_index, bind_now, lease, with_stats, dynamic_tls=False, text_in_pool=True,
-              interposed=()):
+              interposed=(), progname=None):
     data = pf.PlanData(first_index=first_index, lease=lease, pool_size=source.pool_size)
     strings = data.strings
     stubs = getattr(source, "stubs", None)
@@ -261,7 +261,7 @@ def _assemble(objs, source, scope, entries, placed, gindex, pooled, tls, tls_tot
                           global_index=gindex, imports=Imports(strings), bind_now=bind_now,
                           glibc_flags=bytes(1 if e[2] else 0 for e in entries),
                           stubs=stubs, slots={},
-                          names=[None if getattr(o, "kind", "") == "main" else getattr(o, "path", None)
+                          names=[progname if getattr(o, "kind", "") == "main" else getattr(o, "path", None)
                                  for o in objs])
     if stubs is not None:
         data.stubs = (stubs.addr, stubs.size, stubs.pool_off, stubs.slots_addr, stubs.slots_size)

@@ -220,3 +220,17 @@ def test_dlopen_errors_as_dlerror(env, tree, tmp_path):
     cc(tree, "-o", "dl", "dl.c", "-ldl")
     r = same(["./dl"], env, cwd=tree)
     assert b"./liby.so: ./liby.so: undefined symbol: missing_fn\n" in r.stdout
+
+
+def test_undefined_symbol_of_the_program(env, tmp_path):
+    """A -z now program whose own import is missing is named by argv[0]:
+    `./mmnow: symbol lookup error: ./mmnow: undefined symbol: missing_main`."""
+    (tmp_path / "mm.c").write_text('#include <stdio.h>\nint missing_main(void);\n'
+                                   'int main(void) { puts("hi"); return missing_main(); }\n')
+    (tmp_path / "with.c").write_text("int missing_main(void) { return 0; }\n")
+    (tmp_path / "without.c").write_text("int other(void) { return 0; }\n")
+    cc(tmp_path, "-shared", "-fPIC", "-o", "libmm.so", "with.c")
+    cc(tmp_path, "-o", "mmnow", "mm.c", "-L.", "-lmm", "-Wl,-z,now", "-Wl,-rpath,$ORIGIN")
+    cc(tmp_path, "-shared", "-fPIC", "-o", "libmm.so", "without.c")
+    nat = assert_same_error(["./mmnow"], env, tmp_path)
+    assert nat.stderr == b"./mmnow: symbol lookup error: ./mmnow: undefined symbol: missing_main\n"
