@@ -189,10 +189,30 @@ static int libc_matches(struct ldp_plan *p, struct libc_here *lc)
     return idlen && (uint32_t)idlen == p->h->libc_build_id_len && memcmp(id, p->h->libc_build_id, idlen) == 0;
 }
 
+/* Is map a before map b in ld.so's list (RTLD_DEFAULT's search order)? */
+static int map_before(const struct link_map *a, const struct link_map *b)
+{
+    for (const struct link_map *q = a ? a->l_next : NULL; q; q = q->l_next)
+        if (q == b) return 1;
+    return 0;
+}
+
 static void *by_name(const struct ldp_plan *p, const struct ldp_import *im, const char *name)
 {
-    if (im->version != LDP_NONE) return dlvsym(RTLD_DEFAULT, name, ldp_str(p, im->version));
-    return dlsym(RTLD_DEFAULT, name);
+    if (im->version == LDP_NONE) return dlsym(RTLD_DEFAULT, name);
+    void *a = dlvsym(RTLD_DEFAULT, name, ldp_str(p, im->version));
+    if (!ldp_keep_preload && !ldp_hosted_active()) return a;
+    /* natively an unversioned definition in an earlier object (an LD_PRELOAD
+     * malloc replacement) satisfies malloc@GLIBC_2.2.5; dlvsym treats the
+     * version as hidden and skips it: take such a definition, unless it is
+     * the launcher's own */
+    void *d = dlsym(RTLD_DEFAULT, name);
+    struct link_map *ld = NULL, *la = NULL;
+    Dl_info i;
+    if (!d || d == a || !dladdr1(d, &i, (void **)&ld, RTLD_DL_LINKMAP) || !ld || ld == _r_debug.r_map) return a;
+    if (!a) return d;
+    if (!dladdr1(a, &i, (void **)&la, RTLD_DL_LINKMAP) || !la) return a;
+    return map_before(ld, la) ? d : a;
 }
 
 int ldp_resolve_imports(struct ldp_plan *p, char *err, size_t errlen)

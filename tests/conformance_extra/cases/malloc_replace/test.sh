@@ -1,0 +1,3 @@
+prog ./exe
+prog ./exe_plain
+prog LD_PRELOAD=$B/libmymalloc.so ./exe_plain
