@@ -195,6 +195,23 @@ def test_dl_iterate_phdr_native_order(env, tmp_path):
     cc(tmp_path, "-o", "ord", "ord.c", "-lz", "-lm", "-ldl")
     r = same([str(tmp_path / "ord")], env)
     assert r.stdout.count(b"\n[") >= 11 and b"[linux-vdso.so.1]" in r.stdout.split(b"\n")[2]
+    # LD_PRELOADs: a pooled one and a malloc replacement kept with ld.so,
+    # both right after the vDSO, in LD_PRELOAD's order
+    (tmp_path / "pre.c").write_text("int pre_only(void) { return 1; }\n")
+    (tmp_path / "mal.c").write_text(textwrap.dedent("""
+        #include <stddef.h>
+        void *__libc_malloc(size_t); void __libc_free(void *);
+        void *__libc_calloc(size_t, size_t); void *__libc_realloc(void *, size_t);
+        void *malloc(size_t n) { return __libc_malloc(n); }
+        void free(void *p) { __libc_free(p); }
+        void *calloc(size_t a, size_t b) { return __libc_calloc(a, b); }
+        void *realloc(void *p, size_t n) { return __libc_realloc(p, n); }
+    """))
+    cc(tmp_path, "-shared", "-fPIC", "-o", "libpre.so", "pre.c")
+    cc(tmp_path, "-shared", "-fPIC", "-o", "libmal.so", "mal.c")
+    e = dict(env, LD_PRELOAD=f"{tmp_path}/libpre.so {tmp_path}/libmal.so")
+    r = same([str(tmp_path / "ord")], e)
+    assert r.stdout.split(b"\n")[3].startswith(f"[{tmp_path}/libpre.so]".encode())
 
 
 def test_dlopen_errors_as_dlerror(env, tree, tmp_path):

@@ -125,13 +125,18 @@ static void compute_initial(void)
     struct ldp_plan *p0 = ldp_objs[ldp_main]->plan;
     struct link_map *lds[MAXLD];
     unsigned char ldseen[MAXLD] = {0};
-    int nl = 0;
-    /* ld.so's objects after the launcher itself */
+    int nl = 0, npre = -1;
+    /* ld.so's objects after the launcher itself; those before libc (the
+     * launcher's own need) are LD_PRELOADs kept with ld.so */
     for (struct link_map *lm = _r_debug.r_map ? _r_debug.r_map->l_next : NULL; lm; lm = lm->l_next) {
         if (lm->l_addr == _r_debug.r_ldbase) rtld_lm = lm;
         else if (!strncmp(lm->l_name, "linux-vdso", 10) || !strncmp(lm->l_name, "linux-gate", 10)) vdso_lm = lm;
         else if (nl == MAXLD) { order_state = -1; return; }
-        else lds[nl++] = lm;
+        else {
+            const char *b = strrchr(lm->l_name, '/');
+            if (npre < 0 && !strcmp(b ? b + 1 : lm->l_name, "libc.so.6")) npre = nl;
+            lds[nl++] = lm;
+        }
     }
     uint32_t first = p0->first_index, np = p0->h->nobj;
     struct ord *q = calloc(np + nl + 1, sizeof *q);
@@ -141,6 +146,14 @@ static void compute_initial(void)
     pseen[ldp_main - first] = 1;
     for (uint32_t i = 0; i < np; i++)   /* LD_PRELOAD comes right after the program */
         if ((p0->obj[i].flags & LDP_OBJ_PRELOAD) && !pseen[i]) pseen[i] = 1, q[n++].r = ldp_objs[first + i];
+    for (int k = 0; k < npre; k++) {
+        /* a hosted library (the plan lists it by path) was preloaded only
+         * for ld.so: natively it is loaded where it is needed */
+        int hosted = 0;
+        for (uint32_t g = 0; g < p0->h->nglibc && !hosted; g++)
+            hosted = strcmp(ldp_str(p0, p0->glibc[g]), lds[k]->l_name) == 0;
+        if (!hosted) ldseen[k] = 1, q[n].r = NULL, q[n++].lm = lds[k];
+    }
     for (int h = 0; h < n; h++) {
         const Elf64_Dyn *dyn = q[h].r ? (const Elf64_Dyn *)q[h].r->o->l_ld : q[h].lm->l_ld;
         const char *st = q[h].r ? q[h].r->strtab : lm_strtab(q[h].lm);
