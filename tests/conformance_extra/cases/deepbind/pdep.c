@@ -1,0 +1,1 @@
+const char *who_dep(void) { return "pdep"; }

@@ -1,0 +1,2 @@
+prog ./exe
+prog ./exe deep
