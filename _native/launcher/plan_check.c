@@ -9,7 +9,7 @@
 #define PAGE 4096u
 #define BAD(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
 
-extern const uint64_t ldp_tls_reserve_size;
+extern const uint64_t ldp_tls_reserve_size, ldp_tls_reserve_align;
 
 static int table_ok(size_t len, uint64_t off, uint64_t n, size_t elt)
 {
@@ -165,10 +165,10 @@ int ldp_plan_check(struct ldp_plan *p, const void *buf, size_t len, uint64_t poo
     if (h->first_index == 0 && h->main_obj >= h->nobj) BAD("plan main object %u out of range", h->main_obj);
     if (pool_size && h->pool_size > pool_size)
         BAD("plan refers to a %lu-byte pool, the pool has %lu bytes", h->pool_size, pool_size);
-    if (h->static_tls_size > ldp_tls_reserve_size || h->static_tls_align > 64) {
+    if (h->static_tls_size > ldp_tls_reserve_size || h->static_tls_align > ldp_tls_reserve_align) {
         snprintf(err, errlen, "the program needs %lu bytes of static TLS aligned to %lu; the launcher "
-                 "reserves %lu aligned to 64 (not supported)", h->static_tls_size, h->static_tls_align,
-                 ldp_tls_reserve_size);
+                 "reserves %lu aligned to %lu (not supported)", h->static_tls_size, h->static_tls_align,
+                 ldp_tls_reserve_size, ldp_tls_reserve_align);
         return -2;
     }
     for (uint32_t i = 0; i < h->nglibc; i++)

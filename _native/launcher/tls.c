@@ -33,8 +33,12 @@ struct tstate {
 
 /* .tdata, not .tbss: the first byte is non-zero so glibc copies the whole
  * image (filesz == memsz) into each new thread */
+/* aligned to a page, so blocks of any practical alignment (__thread with
+ * aligned(4096)) fit; glibc then aligns the thread pointer to it too */
+#define RESERVE_ALIGN 4096
 static __thread union { unsigned char b[RESERVE]; struct tstate st; } ldp_reserve
-    __attribute__((aligned(64))) = {.b = {1}};
+    __attribute__((aligned(RESERVE_ALIGN))) = {.b = {1}};
+const uint64_t ldp_tls_reserve_align = RESERVE_ALIGN;
 
 const uint64_t ldp_tls_reserve_size = RESERVE - STATE;
 static unsigned char *init_image;       /* the reserve's TLS init image */
@@ -139,9 +143,9 @@ int ldp_tls_assign_static(struct ldp_plan *p, char *err, size_t errlen)
         if (!need[i] || o->tls_tpoff || !o->tls_memsz) continue;   /* set: the same plan mapped again */
         uint64_t align = o->tls_align ? o->tls_align : 1;
         int64_t t = 0;
-        if (align <= 64) t = find_free(o->tls_memsz, align, first + i);
-        if (!t && align <= 64) {
-            /* the reserve ends at the thread pointer, which is 64-aligned */
+        if (align <= RESERVE_ALIGN) t = find_free(o->tls_memsz, align, first + i);
+        if (!t && align <= RESERVE_ALIGN) {
+            /* the reserve ends at the thread pointer, which is RESERVE_ALIGN-aligned */
             t = (static_low - (int64_t)o->tls_memsz) & -(int64_t)align;
             if (RESERVE + t < STATE) {
                 t = 0;
