@@ -1,0 +1,1 @@
+int counter; int bump(void) { return ++counter; }

@@ -1,0 +1,1 @@
+int fault_read(volatile int *p) { return *p; }
