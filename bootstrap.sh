@@ -12,7 +12,9 @@ job=${1:-demo}; [ $# -gt 0 ] && shift
 # build tools, and the real programs that the tests and benchmarks run
 DEBS="build-essential pkg-config python3 python3-venv python3-dev binutils file
  xz-utils zstd sqlite3 perl git curl openssl cmake gdb qemu-utils llvm-14
- llvm-14-tools vim jq procps util-linux"
+ llvm-14-tools vim jq procps util-linux
+ nodejs openjdk-17-jdk-headless gpg gpg-agent gpgconf tcl openssh-client tmux
+ valgrind strace man-db groff-base ninja-build"
 missing=""
 for p in $DEBS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -206,7 +206,12 @@ class ImageStore:
             finally:
                 view.release()
         finally:
-            scratch.close()
+            try:
+                scratch.close()
+            except BufferError:
+                # the builder failed holding a view of it: its own error is
+                # the one to report (the mapping goes with the last view)
+                pass
         return info
 
     def _allocate(self, elf, lay):
