@@ -12,6 +12,19 @@ import pytest
 from launcher_helpers import TIMEOUT, env, same  # noqa: F401  (env is a fixture)
 
 
+# a library that replaces glibc's allocator (by forwarding to it): ld.so
+# must load it before the program, so the launcher leaves it to ld.so
+MALLOC_REPLACEMENT = textwrap.dedent("""
+        #include <stddef.h>
+        void *__libc_malloc(size_t); void __libc_free(void *);
+        void *__libc_calloc(size_t, size_t); void *__libc_realloc(void *, size_t);
+        void *malloc(size_t n) { return __libc_malloc(n); }
+        void free(void *p) { __libc_free(p); }
+        void *calloc(size_t a, size_t b) { return __libc_calloc(a, b); }
+        void *realloc(void *p, size_t n) { return __libc_realloc(p, n); }
+""")
+
+
 def cc(cwd, *args):
     subprocess.run(["gcc", "-O1", *args], check=True, cwd=cwd)
 
@@ -144,14 +157,7 @@ def test_fallback_notice_names_the_replaced_function(env, tmp_path):
     program defines.  The program runs under ld.so as natively, and the
     notice says which glibc functions the library replaces (not glibc's
     fault)."""
-    (tmp_path / "al.c").write_text(textwrap.dedent("""
-        #include <stddef.h>
-        void *__libc_malloc(size_t); void __libc_free(void *);
-        void *__libc_calloc(size_t, size_t); void *__libc_realloc(void *, size_t);
-        void *malloc(size_t n) { return __libc_malloc(n); }
-        void free(void *p) { __libc_free(p); }
-        void *calloc(size_t a, size_t b) { return __libc_calloc(a, b); }
-        void *realloc(void *p, size_t n) { return __libc_realloc(p, n); }
+    (tmp_path / "al.c").write_text(MALLOC_REPLACEMENT + textwrap.dedent("""
         int prog_hook(void);
         int call_hook(void) { return prog_hook(); }
     """))
@@ -198,15 +204,7 @@ def test_dl_iterate_phdr_native_order(env, tmp_path):
     # LD_PRELOADs: a pooled one and a malloc replacement kept with ld.so,
     # both right after the vDSO, in LD_PRELOAD's order
     (tmp_path / "pre.c").write_text("int pre_only(void) { return 1; }\n")
-    (tmp_path / "mal.c").write_text(textwrap.dedent("""
-        #include <stddef.h>
-        void *__libc_malloc(size_t); void __libc_free(void *);
-        void *__libc_calloc(size_t, size_t); void *__libc_realloc(void *, size_t);
-        void *malloc(size_t n) { return __libc_malloc(n); }
-        void free(void *p) { __libc_free(p); }
-        void *calloc(size_t a, size_t b) { return __libc_calloc(a, b); }
-        void *realloc(void *p, size_t n) { return __libc_realloc(p, n); }
-    """))
+    (tmp_path / "mal.c").write_text(MALLOC_REPLACEMENT)
     cc(tmp_path, "-shared", "-fPIC", "-o", "libpre.so", "pre.c")
     cc(tmp_path, "-shared", "-fPIC", "-o", "libmal.so", "mal.c")
     e = dict(env, LD_PRELOAD=f"{tmp_path}/libpre.so {tmp_path}/libmal.so")
