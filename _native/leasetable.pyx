@@ -32,16 +32,15 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 cdef extern from "leasetable_sys.h":
     int lt_stat(const char *path, uint64_t *out)
     double lt_now()
-    int lt_wait(int epfd, int *fds, uint32_t *evs, int max)
+    int lt_wait(int epfd, int *fds, uint32_t *evs, int max, int timeout) nogil
     ssize_t lt_recv(int fd, char *buf, size_t n)
     ssize_t lt_send(int fd, const char *buf, size_t n)
     ssize_t lt_send_fd(int fd, const char *buf, size_t n, int passfd)
     int lt_peercred(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid)
     void lt_drop(int epfd, int fd)
-    int lt_door_new(int lfd)
+    int lt_epoll()
     int lt_add(int ep, int fd)
     void lt_del(int ep, int fd)
-    int lt_wait_block(int ep, int *fds, uint32_t *evs, int max) nogil
     int lt_accept1(int lfd)
     void lt_pause_ms(int ms) nogil
     void lt_log(int fd, const char *msg, size_t n)
@@ -346,11 +345,23 @@ cdef class LeaseTable:
         cdef double now = -1
         if l == NULL:
             return False
-        self._dec_ks(l.ks, &now)
+        self._release_lease(l, &now)
+        return True
+
+    cdef void _release_lease(self, NLease *l, double *now):
+        """Its counts go down; out of the table and its connection's list; freed."""
+        self._dec_ks(l.ks, now)
         self._remove(l)
         ks_drop(l.ks)
         free(l)
-        return True
+
+    cdef int _release_all(self, Conn *c, double *now):
+        """Every lease of a connection that ends; their number."""
+        cdef int n = 0
+        while c.leases != NULL:
+            self._release_lease(c.leases, now)
+            n += 1
+        return n
 
     # --- connections ------------------------------------------------------
     cdef int _conn(self, int fd) except -1:
@@ -397,19 +408,11 @@ cdef class LeaseTable:
 
     def close(self, int fd):
         """The connection is closing: release its native leases; their number."""
-        cdef NLease *l
-        cdef int n = 0
         cdef double now = -1
         if fd >= self.nconn:
             return 0
         cdef Conn *c = &self.conns[fd]
-        while c.leases != NULL:
-            l = c.leases
-            self._dec_ks(l.ks, &now)
-            self._remove(l)
-            ks_drop(l.ks)
-            free(l)
-            n += 1
+        cdef int n = self._release_all(c, &now)
         c.active = c.hello = c.fd_pending = 0
         c.owner = FREE
         c.client = 0

@@ -60,15 +60,7 @@ cdef void new_native(LeaseTable t, int ep, int fd) except *:
 cdef void native_end(LeaseTable t, int ep, int fd, double *now) except *:
     """EOF or error: its leases go, it is logged, the descriptor is closed."""
     cdef Conn *c = &t.conns[fd]
-    cdef NLease *l
-    cdef int n = 0
-    while c.leases != NULL:
-        l = c.leases
-        t._dec_ks(l.ks, now)
-        t._remove(l)
-        ks_drop(l.ks)
-        free(l)
-        n += 1
+    cdef int n = t._release_all(c, now)
     if c.hello or n:
         msg = (f"client {c.client} (process pid {c.pid} uid {c.uid} gid {c.gid}"
                f"{' ' if c.name[0] else ''}{(<char *>c.name).decode('ascii')}) gone, "
@@ -104,14 +96,16 @@ cdef door_loop(LeaseTable t, int lfd, mutex, adopt):
     one of these grants or releases."""
     cdef int fds[MAXEV]
     cdef uint32_t evs[MAXEV]
-    cdef int ep = lt_door_new(lfd), n, i, m, fd
+    cdef int ep = lt_epoll(), n, i, m, fd
     cdef bint closing = False
     if ep < 0:
-        raise OSError("fast door: epoll_create1 failed")
+        raise OSError("fast door: cannot make its epoll set")
     try:
+        if lt_add(ep, lfd) < 0:
+            raise OSError("fast door: cannot watch its socket")
         while not closing:
             with nogil:
-                n = lt_wait_block(ep, fds, evs, MAXEV)
+                n = lt_wait(ep, fds, evs, MAXEV, -1)
             if n < 0:
                 break
             up = None

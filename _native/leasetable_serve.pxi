@@ -106,10 +106,7 @@ cdef int answer(LeaseTable t, IO *io, int fd, Conn *c, uint32_t op, const char *
         l = t._find(lid)
         if l == NULL or l.fd != fd or l.client != c.client:
             return 0
-        t._dec_ks(l.ks, now)
-        t._remove(l)
-        ks_drop(l.ks)
-        free(l)
+        t._release_lease(l, now)
         ensure_out(io, olen[0] + 8)
         hdr[0], hdr[1] = 0, OP_RELEASE | REPLY
         memcpy(io.obuf + olen[0], hdr, 8)
@@ -127,7 +124,7 @@ cdef int answer(LeaseTable t, IO *io, int fd, Conn *c, uint32_t op, const char *
 cdef serve_batch(LeaseTable t, int epfd, mutex):
     cdef int fds[MAXEV]
     cdef uint32_t evs[MAXEV]
-    cdef int n = lt_wait(epfd, fds, evs, MAXEV)
+    cdef int n = lt_wait(epfd, fds, evs, MAXEV, 0)
     if n <= 0:
         return 0, None
     return n, serve_ready(t, &t.loop_io, epfd, fds, evs, n, mutex)

@@ -9,7 +9,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <poll.h>
 static int lt_stat(const char *path, uint64_t *out) {
     struct stat st;
     if (stat(path, &st) < 0) return -1;
@@ -23,10 +22,12 @@ static double lt_now(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
-static int lt_wait(int epfd, int *fds, uint32_t *evs, int max) {
+/* ready descriptors; 0 on EINTR, -1 once the set is unusable */
+static int lt_wait(int ep, int *fds, uint32_t *evs, int max, int timeout) {
     struct epoll_event e[256];
     if (max > 256) max = 256;
-    int n = epoll_wait(epfd, e, max, 0);
+    int n = epoll_wait(ep, e, max, timeout);
+    if (n < 0) return errno == EINTR ? 0 : -1;
     for (int i = 0; i < n; i++) { fds[i] = e[i].data.fd; evs[i] = e[i].events; }
     return n;
 }
@@ -44,16 +45,7 @@ static ssize_t lt_send(int fd, const char *buf, size_t n) {
 }
 /* The fast door (host_broker/fastdoor.py, _native/leasetable_door.pxi):
  * a thread of its own with an epoll set of its own. */
-static int lt_door_new(int lfd) {
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0) return -1;
-    struct epoll_event ev;
-    ev.events = EPOLLIN;
-    ev.data.u64 = 0;
-    ev.data.fd = lfd;
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) < 0) { close(ep); return -1; }
-    return ep;
-}
+static int lt_epoll(void) { return epoll_create1(EPOLL_CLOEXEC); }
 static int lt_add(int ep, int fd) {
     struct epoll_event ev;
     ev.events = EPOLLIN;
@@ -62,15 +54,6 @@ static int lt_add(int ep, int fd) {
     return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 }
 static void lt_del(int ep, int fd) { epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL); }
-/* blocking; 0 on EINTR, -1 once the set is unusable */
-static int lt_wait_block(int ep, int *fds, uint32_t *evs, int max) {
-    struct epoll_event e[256];
-    if (max > 256) max = 256;
-    int n = epoll_wait(ep, e, max, -1);
-    if (n < 0) return errno == EINTR ? 0 : -1;
-    for (int i = 0; i < n; i++) { fds[i] = e[i].data.fd; evs[i] = e[i].events; }
-    return n;
-}
 /* a new connection's descriptor; -1: none pending, -2: out of descriptors
  * (the queue waits), -3: the listener was shut down (the broker stops) */
 static int lt_accept1(int lfd) {
