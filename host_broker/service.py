@@ -64,6 +64,15 @@ class Client:
         self.id, self.pid, self.uid, self.gid, self.fd = cid, pid, uid, gid, fd
         self.kind, self.name, self.hello, self.since = "?", "", False, time.time()
 
+    @classmethod
+    def of_native(cls, cid, pid, uid, gid, hello, name, fd=-1):
+        """A fast-door client as the native table describes it (hello: it
+        answered the client's HELLO, a process's)."""
+        c = cls(cid, pid, uid, gid, fd)
+        if hello:
+            c.kind, c.name, c.hello = "process", name, True
+        return c
+
 
 class Broker(LeaseOps):
     def __init__(self, socket_path, pool_name, pool_size, linger, group=None, idle_exit=0,
@@ -198,23 +207,15 @@ class Broker(LeaseOps):
         cid, pid, uid, gid, hello, name, fd_pending = info
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
-        client = Client(cid, pid, uid, gid, fd)
-        if hello:
-            client.kind, client.name, client.hello = "process", name, True
+        client = Client.of_native(cid, pid, uid, gid, hello, name, fd)
         self.clients[cid] = client
         Connection(self, sock, client, self.hub).adopted(
             unsent, rest, self.state.pool.readonly_fd() if fd_pending else None)
 
-
     def all_clients(self):
         """Every connected client: Python's and the native table's."""
-        out = list(self.clients.values())
-        for cid, pid, uid, gid, hello, name in self.state.refs.table.native_clients():
-            c = Client(cid, pid, uid, gid)
-            if hello:
-                c.kind, c.name, c.hello = "process", name, True
-            out.append(c)
-        return out
+        return list(self.clients.values()) + [Client.of_native(*n)
+                                              for n in self.state.refs.table.native_clients()]
 
     async def _tick(self):
         while True:
