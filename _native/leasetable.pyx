@@ -57,9 +57,6 @@ DEF OP_RELEASE = 4
 DEF OP_PING = 6
 DEF REPLY = 0x100
 DEF NAME_MAX_LEN = 64         # a client's name, as service.py keeps it
-DEF FREE = 0
-DEF PY = 1
-DEF NATIVE = 2
 
 cdef struct KeySet:           # the image ids of one acquisition, shared by its leases
     int refcnt
@@ -99,9 +96,9 @@ cdef struct Conn:
     uint32_t uid
     char active
     char process
-    char owner                # FREE, PY (connection.py's) or NATIVE (fast door, never seen by Python)
-    char hello                # NATIVE: its HELLO was answered here
-    char fd_pending           # NATIVE: ... but the pool descriptor was not sent with it
+    char native               # a fast-door connection only this table serves (not connection.py's)
+    char hello                # native: its HELLO was answered here
+    char fd_pending           # native: ... but the pool descriptor was not sent with it
     int32_t pid
     uint32_t gid
     char name[NAME_MAX_LEN + 1]
@@ -375,14 +372,6 @@ cdef class LeaseTable:
             self.nconn = n
         return 0
 
-    def claim(self, int fd):
-        """connection.py serves this descriptor (before it enters the epoll
-        set): an event of an unclaimed one is a new fast-door connection."""
-        self._conn(fd)
-        if self.conns[fd].owner == NATIVE:
-            raise ValueError(f"descriptor {fd} is a native connection")
-        self.conns[fd].owner = PY
-
     def activate(self, int fd, int64_t client, uint32_t uid, bint process):
         """connection.py is idle on this connection: read it here."""
         self._conn(fd)
@@ -413,8 +402,7 @@ cdef class LeaseTable:
             return 0
         cdef Conn *c = &self.conns[fd]
         cdef int n = self._release_all(c, &now)
-        c.active = c.hello = c.fd_pending = 0
-        c.owner = FREE
+        c.active = c.hello = c.fd_pending = c.native = 0
         c.client = 0
         return n
 
@@ -439,10 +427,10 @@ cdef class LeaseTable:
         """A native connection handed back becomes connection.py's: (client,
         pid, uid, gid, hello answered, name, pool descriptor still to send),
         or None if fd is not a native connection."""
-        if fd >= self.nconn or self.conns[fd].owner != NATIVE:
+        if fd >= self.nconn or not self.conns[fd].native:
             return None
         cdef Conn *c = &self.conns[fd]
-        c.owner, c.active = PY, 0
+        c.native, c.active = 0, 0
         self.nnative -= 1
         self.door_adopted += 1
         return (c.client, c.pid, c.uid, c.gid, bool(c.hello), (<char *>c.name).decode("ascii"),
@@ -455,7 +443,7 @@ cdef class LeaseTable:
         out = []
         for fd in range(self.nconn):
             c = &self.conns[fd]
-            if c.owner == NATIVE:
+            if c.native:
                 out.append((c.client, c.pid, c.uid, c.gid, bool(c.hello), (<char *>c.name).decode("ascii")))
         return out
 

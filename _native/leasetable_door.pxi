@@ -50,7 +50,7 @@ cdef void new_native(LeaseTable t, int ep, int fd) except *:
     t._conn(fd)
     cdef Conn *c = &t.conns[fd]
     memset(c, 0, sizeof(Conn))
-    c.owner, c.active, c.process = NATIVE, 1, 1
+    c.native, c.active, c.process = 1, 1, 1
     c.client = t.next_client
     t.next_client += 1
     c.pid, c.uid, c.gid = pid, uid, gid

@@ -152,7 +152,7 @@ cdef list serve_ready(LeaseTable t, IO *io, int epfd, int *fds, uint32_t *evs, i
             continue
         c = &t.conns[fd]
         if not evs[i] & EPOLLIN:
-            if c.owner == NATIVE:
+            if c.native:
                 native_end(t, epfd, fd, &now)
                 continue
             c.active = 0
@@ -165,7 +165,7 @@ cdef list serve_ready(LeaseTable t, IO *io, int epfd, int *fds, uint32_t *evs, i
         if r == -2:
             continue
         if r <= 0:                       # EOF or error: connection.py ends it
-            if c.owner == NATIVE:
+            if c.native:
                 native_end(t, epfd, fd, &now)
                 continue
             c.active = 0
@@ -190,13 +190,13 @@ cdef list serve_ready(LeaseTable t, IO *io, int epfd, int *fds, uint32_t *evs, i
             off, end = at[j], at[j] + length[j]
             olen = sent = 0
             io.broken = 0
-            if c.owner == NATIVE and not c.hello:
+            if c.native and not c.hello:
                 k = native_hello(t, io, c, io.rbuf + off, end - off)
                 if k:
                     off += k
                     olen = t.hello_len
             # nothing before a HELLO: a native connection without one goes up whole
-            while (c.hello or c.owner != NATIVE) and end - off >= 8:
+            while (c.hello or not c.native) and end - off >= 8:
                 memcpy(hdr, io.rbuf + off, 8)
                 if hdr[0] > end - off - 8:
                     break
@@ -210,7 +210,7 @@ cdef list serve_ready(LeaseTable t, IO *io, int epfd, int *fds, uint32_t *evs, i
                     olen = sent = 0
             if olen and not sent:
                 sent = flush_out(t, io, fd, c, olen)
-            if io.broken and c.owner == NATIVE:
+            if io.broken and c.native:
                 # the program is over before its announcement was read (a
                 # short one usually is): what was granted goes with it
                 native_end(t, epfd, fd, &now)

@@ -92,7 +92,6 @@ class Connection:
         self.lost = False
         self.mask = 0                      # epoll events registered for
         self.hot = False                   # read by the native table (see above)
-        hub.table.claim(self.fileno)
 
     def start(self):
         """A starting program sends HELLO and ACQUIRE_PROGRAM right after
@@ -132,9 +131,7 @@ class Connection:
         """A fast-door connection the native table answered so far becomes
         ours (it is in no epoll set now); fd: the pool descriptor its HELLO
         reply still has to carry."""
-        self._handed(unsent, rest, fd)
-        if not self.lost:
-            self._update()
+        self._handed(unsent, rest, fd)       # which registers it in the hub's set
 
     def _handed(self, unsent, rest, fd=None):
         """The native table stopped at something it does not answer: the
