@@ -226,7 +226,8 @@ def null_server(tmp_path_factory, broker, c_client):
     exe, sock = str(d / "null_broker"), str(d / "null.sock")
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "null_broker.c")
     subprocess.run([cc, "-O2", "-o", exe, src], check=True)
-    p = subprocess.Popen([exe, sock, str(Lean(broker.socket).call(Lean(broker.socket).acq))])
+    c = Lean(broker.socket)
+    p = subprocess.Popen([exe, sock, str(c.call(c.acq))])       # the real plan's size
     deadline = time.monotonic() + 10
     while not os.path.exists(sock) and time.monotonic() < deadline:
         time.sleep(0.01)
